@@ -1,0 +1,289 @@
+"""The command line: a click group whose commands map options onto the config dataclasses.
+
+Every user mistake ends the same way: one line on stderr ("charlm: error: ..."), a non-zero
+exit, no traceback. Options can also come from the environment as CHARLM_<COMMAND>_<OPTION>
+(e.g. CHARLM_TRAIN_DEVICE=cpu), which --help names.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from . import __version__
+from .checkpoint import RunDirectory
+from .config import (
+    CELLS,
+    DEFAULT_MAX_TIME_S,
+    DEVICES,
+    ENCODING_ERRORS,
+    PRECISIONS,
+    SPM_MODEL_TYPES,
+    TOKENIZERS,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+)
+from .console import Console, TrainReporter
+from .corpora import DEFAULT_CORPUS, resolve_default_corpus
+from .corpus import TextSource, prepare_corpus
+from .errors import CharlmError
+from .generate import Generator
+from .hardware import resolve_device, resolve_precision, set_threads
+from .trainer import Trainer
+
+_T, _M = TrainConfig, ModelConfig  # option defaults live in the dataclasses
+
+CONTEXT = dict(help_option_names=["-h", "--help"], auto_envvar_prefix="CHARLM", show_default=True)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class CharlmGroup(click.Group):
+    """A click group that reports every user error as one line and an exit status."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        console = Console()
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            hint = ""
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                hint = f" (see '{ctx.command_path} --help')"
+            console.error(exc.format_message().replace("\n", " ") + hint)
+            sys.exit(exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            console.error("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        except CharlmError as exc:
+            console.error(str(exc))
+            sys.exit(EXIT_ERROR)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            console.error(f"{exc.strerror or exc}{where}")
+            sys.exit(EXIT_ERROR)
+        if standalone_mode:
+            sys.exit(result if isinstance(result, int) else 0)
+        return result
+
+
+@click.group(cls=CharlmGroup, context_settings=CONTEXT, no_args_is_help=True)
+@click.version_option(__version__, "-V", "--version", prog_name="charlm")
+def cli() -> None:
+    """charlm: train recurrent language models on any text, generate from them, score text."""
+
+
+# Options that may change when a run is resumed; everything else is fixed by the run.
+RESUMABLE_OPTIONS = {
+    "max_steps", "max_time", "epochs", "eval_every", "checkpoint_every", "log_every",
+    "sample_length", "device", "threads", "precision", "out", "resume",
+}  # fmt: skip
+
+
+class _StopFlag:
+    """Ctrl-C once: finish the step, checkpoint, stop. Ctrl-C twice: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous_term = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not in the main thread (e.g. some test runners)
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGTERM, self._previous_term)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--data", "-d", default=DEFAULT_CORPUS, metavar="PATH|NAME",
+              help="Corpus: a text file, a folder of text files, or a named corpus (shakespeare, pystdlib). "
+                   "The default downloads tiny Shakespeare once and falls back to pystdlib offline.")
+@click.option("--val-data", metavar="PATH", help="Separate validation text (instead of --val-fraction).")
+@click.option("--test-data", metavar="PATH", help="Separate test text (instead of --test-fraction).")
+@click.option("--val-fraction", type=float, default=_T.val_fraction, help="Last fraction of the corpus kept for validation.")
+@click.option("--test-fraction", type=float, default=_T.test_fraction, help="Fraction after validation kept for testing.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="DIR",
+              help="Run directory. Default: runs/<corpus>-<date>-<time>.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
+@click.option("--tokenizer", type=click.Choice(TOKENIZERS), default=_T.tokenizer, help="How text becomes tokens.")
+@click.option("--vocab-size", type=int, default=_T.vocab_size, help="SentencePiece vocabulary size (above 260).")
+@click.option("--spm-model", "spm_model_type", type=click.Choice(SPM_MODEL_TYPES), default=_T.spm_model_type,
+              help="SentencePiece model type.")
+@click.option("--encoding-errors", type=click.Choice(ENCODING_ERRORS), default=_T.encoding_errors,
+              help="What to do with bytes that are not UTF-8: stop with their position, or replace them with U+FFFD.")
+@click.option("--cell", type=click.Choice(CELLS + ("rnn",)), default=_M.cell, help="Recurrent cell (rnn = rnn-tanh).")
+@click.option("--layers", type=int, default=_M.layers, help="Stacked recurrent layers (L).")
+@click.option("--hidden", type=int, default=_M.hidden, help="Hidden width (H).")
+@click.option("--embed", type=int, default=_M.embed, help="Embedding width (E).")
+@click.option("--dropout", type=float, default=_M.dropout, help="Dropout on embeddings, between layers and on the output.")
+@click.option("--tie-weights/--no-tie-weights", default=_M.tie_weights, help="Share the embedding and output matrices.")
+@click.option("--batch-size", "-b", type=int, default=_T.batch_size, help="Parallel lanes of the token stream (B).")
+@click.option("--seq-len", "-t", type=int, default=_T.seq_len, help="Window length for truncated BPTT (T).")
+@click.option("--random-offset/--no-random-offset", default=_T.random_offset, help="Move window boundaries each epoch.")
+@click.option("--lr", type=float, default=_T.lr, help="Peak learning rate (AdamW).")
+@click.option("--min-lr-ratio", type=float, default=_T.min_lr_ratio, help="Final learning rate as a fraction of the peak.")
+@click.option("--warmup-steps", type=int, default=_T.warmup_steps, help="Linear warmup steps.")
+@click.option("--weight-decay", type=float, default=_T.weight_decay, help="AdamW weight decay on weight matrices.")
+@click.option("--grad-clip", type=float, default=_T.grad_clip, help="Clip the gradient norm to this (0: off).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision,
+              help="auto: bf16 where the hardware has it (CUDA, or a CPU with AVX512-BF16/AMX), else fp32.")
+@click.option("--device", type=click.Choice(DEVICES), default=_T.device, help="auto picks CUDA when present.")
+@click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
+@click.option("--seed", type=int, default=_T.seed, help="Random seed.")
+@click.option("--max-steps", type=int, help="Stop after this many steps.")
+@click.option("--max-time", type=float,
+              help=f"Stop after this many seconds of training. With no stop option: {DEFAULT_MAX_TIME_S:g}.")
+@click.option("--epochs", type=float, help="Stop after this many passes over the training split.")
+@click.option("--eval-every", type=int, default=_T.eval_every, help="Validate (and checkpoint) every N steps.")
+@click.option("--eval-batch-size", type=int, default=_T.eval_batch_size, help="Lanes used for validation.")
+@click.option("--checkpoint-every", type=int, default=_T.checkpoint_every, help="Also checkpoint every N steps.")
+@click.option("--log-every", type=int, default=_T.log_every, help="Log training loss every N steps.")
+@click.option("--sample-length", type=int, default=_T.sample_length, help="Tokens of sample text printed at the end (0: none).")
+@click.pass_context
+def train(ctx: click.Context, **options: Any) -> None:
+    """Train a recurrent language model on a corpus; write a self-contained run directory."""
+    console = Console()
+    out: Optional[Path] = options.pop("out")
+    resume: bool = options.pop("resume")
+    overwrite: bool = options.pop("overwrite")
+    model_options = {name: options.pop(name) for name in ("cell", "layers", "hidden", "embed", "dropout", "tie_weights")}
+
+    if resume:
+        if out is None:
+            raise CharlmError("--resume needs --out, the run directory to continue")
+        if overwrite:
+            raise CharlmError("--resume and --overwrite contradict each other; choose one")
+        run_dir = RunDirectory(out)
+        run_dir.prepare(resume=True)
+        run_config = run_dir.read_config()
+        fixed = sorted(name for name in list(options) + list(model_options)
+                       if name not in RESUMABLE_OPTIONS and _given(ctx, name))
+        if fixed:
+            names = ", ".join("--" + name.replace("_", "-") for name in fixed)
+            raise CharlmError(f"{names} cannot change when resuming; only stop limits, cadence and hardware can")
+        train_config = run_config.train
+        for name in RESUMABLE_OPTIONS & set(options):
+            if _given(ctx, name):
+                setattr(train_config, name, options[name])
+        train_config.validate()
+        model_config = run_config.model
+    else:
+        train_config = TrainConfig(**options)
+        train_config.validate()
+        ModelConfig(vocab_size=2, **model_options).validate()
+
+    main_source = None
+    if not resume and not _given(ctx, "data"):
+        label, files, notes = resolve_default_corpus()
+        main_source = TextSource(label=label, files=files, notes=notes)
+        train_config.data = label
+
+    device = resolve_device(train_config.device)
+    precision = resolve_precision(train_config.precision, device)
+    threads = set_threads(train_config.threads)
+
+    started = time.perf_counter()
+    corpus = prepare_corpus(
+        train_config.data,
+        val_data=train_config.val_data,
+        test_data=train_config.test_data,
+        val_fraction=train_config.val_fraction,
+        test_fraction=train_config.test_fraction,
+        tokenizer=train_config.tokenizer,
+        vocab_size=train_config.vocab_size,
+        spm_model_type=train_config.spm_model_type,
+        encoding_errors=train_config.encoding_errors,
+        threads=threads,
+        main_source=main_source,
+        on_stage=console.note,
+    )
+    for note in corpus.notes:
+        console.warn(note)
+    how = "cached" if corpus.from_cache else f"prepared in {time.perf_counter() - started:.1f}s"
+    console.note(
+        f"corpus {corpus.label}: {corpus.tokenizer.kind} tokenizer, vocabulary {corpus.tokenizer.vocab_size:,}; "
+        f"{how} ({corpus.cache_dir})"
+    )
+
+    if resume:
+        _check_same_tokenizer(run_dir, corpus)
+    else:
+        model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_options)
+        model_config.validate()
+        if out is None:
+            out = Path("runs") / f"{corpus.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = RunDirectory(out)
+        run_dir.prepare(overwrite=overwrite)
+        run_dir.save_tokenizer(corpus.tokenizer)
+        run_dir.write_config(
+            RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind,
+                      charlm_version=__version__)
+        )
+    console.info(f"run directory: {run_dir.path}")
+
+    reporter = TrainReporter(console)
+    with _StopFlag() as stop, reporter:
+        trainer = Trainer(model_config, train_config, corpus, run_dir, device, precision,
+                          on_event=reporter, should_stop=stop)
+        if resume:
+            trainer.resume()
+        result = trainer.run()
+
+    if result.reason == "interrupted":
+        console.info(f"checkpoint saved; continue with: charlm train --out {run_dir.path} --resume")
+        sys.exit(EXIT_INTERRUPTED)
+    if train_config.sample_length > 0:
+        model, which = run_dir.load_model("auto", device=device)
+        console.heading(f"sample from the {which} checkpoint:")
+        generator = Generator(model, corpus.tokenizer, device)
+        for text in generator.stream("", train_config.sample_length, SampleConfig(), seed=train_config.seed):
+            console.write_text(text)
+        console.write_text("\n")
+
+
+def _check_same_tokenizer(run_dir: RunDirectory, corpus) -> None:
+    saved = run_dir.load_tokenizer()
+    if saved.vocab_size != corpus.tokenizer.vocab_size or saved.token_bytes() != corpus.tokenizer.token_bytes():
+        raise CharlmError(
+            f"the corpus now gives a different vocabulary than the run was trained with; "
+            f"restore the original --data or start a new run"
+        )
+
+
+def main() -> None:
+    cli(prog_name="charlm")

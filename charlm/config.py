@@ -1,0 +1,232 @@
+"""Configuration dataclasses and their plain-dict (JSON) form.
+
+ModelConfig says how to build an RNNLM; TrainConfig says how to train one; SampleConfig
+says how to pick the next token. Each validates itself and raises CharlmError with the
+option name a user would type, so the CLI and the library report the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import CharlmError
+
+CELLS = ("lstm", "gru", "rnn-tanh", "rnn-relu")
+CELL_ALIASES = {"rnn": "rnn-tanh"}
+TOKENIZERS = ("char", "byte", "sentencepiece")
+SPM_MODEL_TYPES = ("unigram", "bpe")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+ENCODING_ERRORS = ("strict", "replace")
+
+# Used when the user sets none of --max-steps, --max-time, --epochs.
+DEFAULT_MAX_TIME_S = 300.0
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise CharlmError(f"{_option(name)} {message}")
+
+
+def _from_dict(cls, data: dict[str, Any], what: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CharlmError(
+            f"{what} has unknown field(s) {', '.join(unknown)}; "
+            "it was written by a newer or different charlm"
+        )
+    obj = cls(**data)
+    obj.validate()
+    return obj
+
+
+@dataclass
+class ModelConfig:
+    """Shape of an RNNLM: embedding -> stacked recurrent cell -> output head."""
+
+    vocab_size: int
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 512
+    embed: int = 128
+    dropout: float = 0.0
+    tie_weights: bool = False
+
+    def __post_init__(self) -> None:
+        self.cell = CELL_ALIASES.get(self.cell, self.cell)
+
+    def validate(self) -> None:
+        _check(self.cell in CELLS, "cell", f"must be one of {', '.join(CELLS)} (got {self.cell!r})")
+        _check(self.vocab_size >= 2, "vocab_size", f"must be at least 2 (got {self.vocab_size})")
+        _check(self.layers >= 1, "layers", f"must be at least 1 (got {self.layers})")
+        _check(self.hidden >= 1, "hidden", f"must be at least 1 (got {self.hidden})")
+        _check(self.embed >= 1, "embed", f"must be at least 1 (got {self.embed})")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data, "model config")
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the model's shape."""
+
+    # corpus and tokenizer
+    data: str = "shakespeare"
+    val_data: Optional[str] = None
+    test_data: Optional[str] = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0
+    tokenizer: str = "char"
+    vocab_size: int = 2000
+    spm_model_type: str = "unigram"
+    encoding_errors: str = "strict"
+    # batching
+    batch_size: int = 64
+    seq_len: int = 128
+    random_offset: bool = True
+    # optimisation
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # hardware
+    precision: str = "auto"
+    device: str = "auto"
+    threads: Optional[int] = None
+    seed: int = 1337
+    # when to stop (whichever comes first); all None means DEFAULT_MAX_TIME_S
+    max_steps: Optional[int] = None
+    max_time: Optional[float] = None
+    epochs: Optional[float] = None
+    # cadence
+    eval_every: int = 200
+    eval_batch_size: int = 16
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    sample_length: int = 400
+
+    def validate(self) -> None:
+        _check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1) (got {self.val_fraction})")
+        _check(0.0 <= self.test_fraction < 1.0, "test_fraction", f"must be in [0, 1) (got {self.test_fraction})")
+        _check(
+            self.val_fraction + self.test_fraction < 1.0,
+            "val_fraction",
+            "plus --test-fraction must leave something to train on (their sum must be below 1)",
+        )
+        _check(self.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {', '.join(TOKENIZERS)}")
+        _check(self.spm_model_type in SPM_MODEL_TYPES, "spm_model_type", f"must be one of {', '.join(SPM_MODEL_TYPES)}")
+        _check(self.encoding_errors in ENCODING_ERRORS, "encoding_errors", f"must be one of {', '.join(ENCODING_ERRORS)}")
+        if self.tokenizer == "sentencepiece":
+            _check(
+                self.vocab_size > 260,
+                "vocab_size",
+                f"must be above 260 for sentencepiece, which reserves 256 byte pieces (got {self.vocab_size})",
+            )
+        _check(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
+        _check(self.seq_len >= 1, "seq_len", f"must be at least 1 (got {self.seq_len})")
+        _check(self.lr > 0, "lr", f"must be positive (got {self.lr})")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1] (got {self.min_lr_ratio})")
+        _check(self.warmup_steps >= 0, "warmup_steps", f"must be 0 or more (got {self.warmup_steps})")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be 0 or more (got {self.weight_decay})")
+        _check(self.grad_clip >= 0, "grad_clip", f"must be 0 (off) or more (got {self.grad_clip})")
+        _check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        _check(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+        _check(self.threads is None or self.threads >= 1, "threads", f"must be at least 1 (got {self.threads})")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1 (got {self.max_steps})")
+        _check(self.max_time is None or self.max_time > 0, "max_time", f"must be positive (got {self.max_time})")
+        _check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive (got {self.epochs})")
+        _check(self.eval_every >= 1, "eval_every", f"must be at least 1 (got {self.eval_every})")
+        _check(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1 (got {self.eval_batch_size})")
+        _check(self.checkpoint_every >= 1, "checkpoint_every", f"must be at least 1 (got {self.checkpoint_every})")
+        _check(self.log_every >= 1, "log_every", f"must be at least 1 (got {self.log_every})")
+        _check(self.sample_length >= 0, "sample_length", f"must be 0 or more (got {self.sample_length})")
+
+    def stop_limits(self) -> tuple[Optional[int], Optional[float], Optional[float]]:
+        """(max_steps, max_time, epochs) with the default time budget filled in."""
+        if self.max_steps is None and self.max_time is None and self.epochs is None:
+            return None, DEFAULT_MAX_TIME_S, None
+        return self.max_steps, self.max_time, self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, data, "training config")
+
+
+@dataclass
+class SampleConfig:
+    """How to choose each next token. temperature 0 means greedy."""
+
+    temperature: float = 0.8
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+
+    def validate(self) -> None:
+        _check(self.temperature >= 0, "temperature", f"must be 0 (greedy) or more (got {self.temperature})")
+        _check(self.top_k is None or self.top_k >= 1, "top_k", f"must be at least 1 (got {self.top_k})")
+        _check(
+            self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SampleConfig":
+        return _from_dict(cls, data, "sample config")
+
+
+@dataclass
+class RunConfig:
+    """What a run directory's config.json holds."""
+
+    model: ModelConfig
+    train: TrainConfig
+    tokenizer_kind: str
+    format_version: int = 1
+    charlm_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "charlm_version": self.charlm_version,
+            "tokenizer_kind": self.tokenizer_kind,
+            "model": self.model.to_dict(),
+            "train": self.train.to_dict(),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        try:
+            version = int(data.get("format_version", 0))
+            if version != 1:
+                raise CharlmError(
+                    f"run config format {version} is not supported by this charlm (expects 1); upgrade charlm"
+                )
+            return cls(
+                model=ModelConfig.from_dict(dict(data["model"])),
+                train=TrainConfig.from_dict(dict(data["train"])),
+                tokenizer_kind=str(data["tokenizer_kind"]),
+                format_version=version,
+                charlm_version=str(data.get("charlm_version", "")),
+                extra=dict(data.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CharlmError(f"run config is damaged ({exc!r}); it cannot be loaded") from None

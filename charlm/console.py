@@ -1,0 +1,158 @@
+"""The only module that talks to the terminal.
+
+Messages, warnings and progress go to stderr through rich; generated text goes to stdout
+byte for byte (never through rich, which would read "[x]" or ":smile:" as markup). On a
+terminal, training shows a live progress bar; elsewhere (a log file, CI) it prints a plain
+line per log event instead, and rich draws nothing per step.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from rich.console import Console as RichConsole
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+PROGRESS_UNITS = 1000
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class Console:
+    def __init__(self, stderr: Optional[RichConsole] = None):
+        self.err = stderr or RichConsole(stderr=True, highlight=False, soft_wrap=True)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.err.is_terminal
+
+    def info(self, message: str) -> None:
+        self.err.print(Text(message))
+
+    def note(self, message: str) -> None:
+        self.err.print(Text(message, style="dim"))
+
+    def warn(self, message: str) -> None:
+        self.err.print(Text("warning: ", style="yellow bold") + Text(message))
+
+    def error(self, message: str) -> None:
+        # one line, whatever the terminal width
+        self.err.print(Text("charlm: error: ", style="red bold") + Text(message), soft_wrap=True)
+
+    def heading(self, message: str) -> None:
+        self.err.print(Text(message, style="bold"))
+
+    @staticmethod
+    def write_text(text: str) -> None:
+        """Raw text to stdout, flushed, so generated text streams as it comes."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+class TrainReporter:
+    """Turns trainer events into a progress bar (terminal) or plain log lines (anything else)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress: Optional[Progress] = None
+        self.task = None
+
+    def __enter__(self) -> "TrainReporter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def _start_bar(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console.err,
+            transient=False,
+        )
+        self.task = self.progress.add_task("train", total=PROGRESS_UNITS, status="starting")
+        self.progress.start()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_start(self, e: dict[str, Any]) -> None:
+        limits = []
+        if e.get("max_steps"):
+            limits.append(f"{e['max_steps']:,} steps")
+        if e.get("max_time"):
+            limits.append(_duration(e["max_time"]))
+        if e.get("epochs"):
+            limits.append(f"{e['epochs']:g} epochs")
+        self.console.info(
+            f"model: {e['parameters']:,} parameters on {e['device']} ({e['precision']}, {e['threads']} CPU thread{'s' if e['threads'] != 1 else ''}); "
+            f"train {e['train_tokens']:,} tokens, val {e['val_tokens']:,} tokens; "
+            f"stops after {' or '.join(limits)}" + (", whichever comes first" if len(limits) > 1 else "")
+        )
+        if self.console.is_terminal:
+            self._start_bar()
+
+    def _status(self, e: dict[str, Any]) -> str:
+        return f"step {e['step']:,}  loss {e['loss']:.3f}  {e['tokens_per_s']:,.0f} tok/s"
+
+    def _on_train(self, e: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=e["progress"] * PROGRESS_UNITS, status=self._status(e))
+        else:
+            self.console.info(
+                f"step {e['step']:>7,}  epoch {e['epoch']:6.2f}  loss {e['loss']:.4f}  lr {e['lr']:.2e}  "
+                f"{e['tokens_per_s']:>9,.0f} tok/s  {_duration(e['elapsed'])}"
+            )
+
+    def _print(self, message: str, style: str = "") -> None:
+        if self.progress is not None:
+            self.progress.console.print(Text(message, style=style))
+        else:
+            self.console.err.print(Text(message, style=style))
+
+    def _on_eval(self, e: dict[str, Any]) -> None:
+        mark = "  (best)" if e.get("best") else ""
+        self._print(
+            f"eval step {e['step']:>7,}  val loss {e['loss']:.4f} nats/token  {e['bpc']:.4f} bits/char  "
+            f"ppl {e['perplexity']:.2f}  at {_duration(e['elapsed'])}{mark}",
+            style="cyan",
+        )
+
+    def _on_resume(self, e: dict[str, Any]) -> None:
+        self.console.info(f"resuming at step {e['step']:,} (epoch {e['epoch']}, window {e['window']})")
+
+    def _on_end(self, e: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=PROGRESS_UNITS if e["reason"] != "interrupted" else None)
+        self.close()
+        reasons = {
+            "max_steps": "reached --max-steps",
+            "max_time": "reached --max-time",
+            "epochs": "reached --epochs",
+            "interrupted": "interrupted",
+        }
+        best = e.get("best_val_loss")
+        best_text = f"; best val loss {best:.4f} nats/token" if best is not None else ""
+        self.console.info(
+            f"stopped at step {e['step']:,} after {_duration(e['elapsed'])}: {reasons.get(e['reason'], e['reason'])}{best_text}"
+        )

@@ -1,0 +1,422 @@
+"""Find a corpus, read it as a stream of text, split it, and encode it to cached token files.
+
+A corpus is a file, a folder (every text file below it, sorted by path), or a named corpus
+(see corpora.py). Text is read in chunks with an incremental UTF-8 decoder, so memory stays
+bounded whatever the corpus size, and a bad byte is reported with its file, offset and line.
+
+Splits are cut in characters, not tokens, so every tokenizer sees the same validation text:
+
+    |<------------- train ------------->|<-- val -->|<- test ->|
+    0                          n*(1-v-t)       n*(1-t)         n     (n = characters)
+
+unless --val-data / --test-data name their own sources. The tokenizer is fitted on the
+training split only. Each split is encoded chunk by chunk into <split>.npy (the smallest
+unsigned dtype that holds the vocabulary) in a cache folder keyed by the sources (path,
+size, mtime) and the tokenizer options, then memory-mapped; a second run with the same
+corpus and tokenizer reuses it without reading the text again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from .atomic import atomic_write_bytes, fsync_dir
+from .corpora import NAMED_CORPORA, resolve_named_corpus
+from .errors import CharlmError
+from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, token_dtype
+
+READ_CHUNK_BYTES = 4 << 20
+CACHE_FORMAT = 1
+SPLITS = ("train", "val", "test")
+# A file is taken for binary (and skipped inside a folder) when its first block has a NUL byte.
+BINARY_SNIFF_BYTES = 8192
+
+
+@dataclass
+class TextSource:
+    """One or more files read as a single text, in order."""
+
+    label: str
+    files: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> list:
+        out = []
+        for path in self.files:
+            st = path.stat()
+            out.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+        return out
+
+    def iter_text(self, errors: str = "strict") -> Iterator[str]:
+        """Yield the text in chunks; a file that lacks a final newline is followed by one."""
+        for index, path in enumerate(self.files):
+            last = ""
+            for chunk in _iter_file_text(path, errors):
+                if chunk:
+                    last = chunk
+                    yield chunk
+            if index < len(self.files) - 1 and last and not last.endswith("\n"):
+                yield "\n"
+
+
+def _iter_file_text(path: Path, errors: str) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    offset = 0  # bytes of the file handed to the decoder so far
+    newlines = 0
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise CharlmError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        while True:
+            block = f.read(READ_CHUNK_BYTES)
+            final = not block
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(block, final=final)
+            except UnicodeDecodeError as exc:
+                position = offset - pending + exc.start
+                line = newlines + _count_newlines_before(path, offset - pending, position)
+                raise CharlmError(
+                    f"{path}: byte {position} (line {line + 1}) is not valid UTF-8; "
+                    "convert the file to UTF-8 or pass --encoding-errors replace"
+                ) from None
+            offset += len(block)
+            newlines += block.count(b"\n")
+            if text:
+                yield text
+            if final:
+                return
+
+
+def _count_newlines_before(path: Path, start: int, end: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(max(start, 0))
+        return f.read(max(end - max(start, 0), 0)).count(b"\n")
+
+
+def _is_binary(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"\0" in f.read(BINARY_SNIFF_BYTES)
+    except OSError:
+        return True
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], int]:
+    files, skipped = [], 0
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            if not path.is_file():
+                continue
+            if _is_binary(path):
+                skipped += 1
+                continue
+            files.append(path)
+    files.sort(key=lambda p: p.relative_to(folder).as_posix())
+    return files, skipped
+
+
+def resolve_source(spec: str, option: str = "--data", data_dir: Optional[Path] = None) -> TextSource:
+    """Turn a --data value into files: an existing path first, then a named corpus."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return TextSource(label=path.stem, files=[path])
+    if path.is_dir():
+        files, skipped = _folder_files(path)
+        if not files:
+            raise CharlmError(f"{option}: folder {path} has no text files; point it at a folder of .txt or source files")
+        notes = [f"skipped {skipped} binary file(s) in {path}"] if skipped else []
+        return TextSource(label=path.resolve().name, files=files, notes=notes)
+    if spec in NAMED_CORPORA:
+        label, files, notes = resolve_named_corpus(spec, data_dir)
+        return TextSource(label=label, files=files, notes=notes)
+    if path.exists():
+        raise CharlmError(f"{option}: {path} is neither a regular file nor a folder")
+    raise CharlmError(
+        f"{option}: no such file or folder: {spec!r} (named corpora: {', '.join(sorted(NAMED_CORPORA))})"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding into token files
+
+
+class _TokenFileWriter:
+    """Appends id chunks to a raw file, then turns it into a .npy of the final length."""
+
+    def __init__(self, folder: Path, name: str, dtype: np.dtype):
+        self.path = folder / f"{name}.npy"
+        self.raw_path = folder / f"{name}.raw"
+        self.dtype = dtype
+        self.count = 0
+        self._raw = open(self.raw_path, "wb")
+
+    def append(self, ids: np.ndarray) -> None:
+        if ids.size:
+            ids.astype(self.dtype, copy=False).tofile(self._raw)
+            self.count += int(ids.size)
+
+    def close(self) -> None:
+        self._raw.close()
+        out = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(self.count,))
+        if self.count:
+            raw = np.memmap(self.raw_path, dtype=self.dtype, mode="r", shape=(self.count,))
+            step = READ_CHUNK_BYTES
+            for start in range(0, self.count, step):
+                out[start : start + step] = raw[start : start + step]
+            del raw
+        out.flush()
+        del out
+        self.raw_path.unlink()
+
+
+def _slice_stream(chunks: Iterator[str], start: int, end: int) -> Iterator[str]:
+    """Characters [start, end) of a chunk stream."""
+    position = 0
+    for chunk in chunks:
+        chunk_end = position + len(chunk)
+        if chunk_end > start and position < end:
+            yield chunk[max(start - position, 0) : min(end - position, len(chunk))]
+        position = chunk_end
+        if position >= end:
+            return
+
+
+def _newline_chunks(chunks: Iterator[str], limit: int = 1 << 22) -> Iterator[str]:
+    """Regroup chunks so each ends after a newline where one is near (keeps SentencePiece
+    segmentation identical to encoding the whole text at once, since "\\n" is its own piece)."""
+    carry = ""
+    for chunk in chunks:
+        text = carry + chunk
+        cut = text.rfind("\n") + 1
+        if cut == 0 and len(text) < limit:
+            carry = text
+            continue
+        if cut == 0:
+            cut = len(text)
+        yield text[:cut]
+        carry = text[cut:]
+    if carry:
+        yield carry
+
+
+@dataclass
+class SplitPlan:
+    """Where each split's text comes from: a source and a character range in it."""
+
+    source: TextSource
+    start: int
+    end: Optional[int]  # None: to the end
+
+    def iter_text(self, errors: str) -> Iterator[str]:
+        chunks = self.source.iter_text(errors)
+        if self.start == 0 and self.end is None:
+            return chunks
+        return _slice_stream(chunks, self.start, self.end if self.end is not None else 1 << 62)
+
+
+@dataclass
+class PreparedCorpus:
+    """Tokenizer plus memory-mapped token arrays for each split (empty array when absent)."""
+
+    tokenizer: Tokenizer
+    splits: dict[str, np.ndarray]
+    chars: dict[str, int]
+    bytes: dict[str, int]
+    label: str
+    cache_dir: Path
+    from_cache: bool
+    notes: list[str]
+
+
+def _count_text(source: TextSource, errors: str) -> tuple[int, int, bool]:
+    """(characters, UTF-8 bytes, has non-whitespace) of a source, streaming."""
+    chars = nbytes = 0
+    has_text = False
+    for chunk in source.iter_text(errors):
+        chars += len(chunk)
+        nbytes += len(chunk.encode("utf-8", errors="surrogatepass"))
+        if not has_text and not chunk.isspace():
+            has_text = True
+    return chars, nbytes, has_text
+
+
+def _check_not_empty(source: TextSource, option: str, chars: int, has_text: bool) -> None:
+    where = source.files[0] if len(source.files) == 1 else source.label
+    if chars == 0:
+        raise CharlmError(f"{option}: {where} is empty; give a file with some text in it")
+    if not has_text:
+        raise CharlmError(f"{option}: {where} contains only whitespace; give a file with some text in it")
+
+
+def default_cache_root(data_dir: Optional[Path] = None) -> Path:
+    env = os.environ.get("CHARLM_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from .corpora import default_data_dir
+
+    return (data_dir or default_data_dir()) / "cache"
+
+
+def prepare_corpus(
+    data: str,
+    val_data: Optional[str] = None,
+    test_data: Optional[str] = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    tokenizer: str = "char",
+    vocab_size: int = 2000,
+    spm_model_type: str = "unigram",
+    encoding_errors: str = "strict",
+    threads: int = 1,
+    cache_root: Optional[Path] = None,
+    data_dir: Optional[Path] = None,
+    main_source: Optional[TextSource] = None,
+    on_stage: Optional[Callable[[str], None]] = None,
+) -> PreparedCorpus:
+    """Resolve, split, fit the tokenizer and encode; reuse the cache when nothing changed."""
+    stage = on_stage or (lambda message: None)
+    main = main_source or resolve_source(data, "--data", data_dir)
+    val_source = resolve_source(val_data, "--val-data", data_dir) if val_data else None
+    test_source = resolve_source(test_data, "--test-data", data_dir) if test_data else None
+    notes = list(main.notes)
+
+    key_fields = {
+        "format": CACHE_FORMAT,
+        "main": main.fingerprint(),
+        "val": val_source.fingerprint() if val_source else None,
+        "test": test_source.fingerprint() if test_source else None,
+        "val_fraction": None if val_source else val_fraction,
+        "test_fraction": None if test_source else test_fraction,
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size if tokenizer == "sentencepiece" else None,
+        "spm_model_type": spm_model_type if tokenizer == "sentencepiece" else None,
+        "encoding_errors": encoding_errors,
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
+    root = Path(cache_root) if cache_root else default_cache_root(data_dir)
+    folder = root / f"{main.label[:40]}-{tokenizer}-{key}"
+
+    if not (folder / "meta.json").is_file():
+        stage(f"reading corpus {main.label}")
+        _build_cache(folder, main, val_source, test_source, key_fields, threads, stage)
+        from_cache = False
+    else:
+        from_cache = True
+
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    tok = load_tokenizer(folder)
+    splits = {}
+    for name in SPLITS:
+        splits[name] = np.load(folder / f"{name}.npy", mmap_mode="r") if meta["tokens"][name] else np.zeros(0, np.uint8)
+    unknown = meta.get("unknown", {})
+    for name in ("val", "test"):
+        if unknown.get(name):
+            notes.append(
+                f"{unknown[name]:,} character(s) of the {name} split never occur in the training split; "
+                "they are scored as the unknown symbol"
+            )
+    return PreparedCorpus(
+        tokenizer=tok,
+        splits=splits,
+        chars=meta["chars"],
+        bytes=meta["bytes"],
+        label=main.label,
+        cache_dir=folder,
+        from_cache=from_cache,
+        notes=notes,
+    )
+
+
+def _build_cache(folder, main, val_source, test_source, key_fields, threads, stage) -> None:
+    errors = key_fields["encoding_errors"]
+    main_chars, main_bytes, has_text = _count_text(main, errors)
+    _check_not_empty(main, "--data", main_chars, has_text)
+
+    plans: dict[str, Optional[SplitPlan]] = {}
+    cut_test = 0 if test_source else int(main_chars * key_fields["test_fraction"])
+    cut_val = 0 if val_source else int(main_chars * key_fields["val_fraction"])
+    train_end = main_chars - cut_val - cut_test
+    if train_end <= 0:
+        raise CharlmError("--val-fraction and --test-fraction leave no training text; lower them")
+    plans["train"] = SplitPlan(main, 0, train_end if (cut_val or cut_test) else None)
+    plans["val"] = SplitPlan(val_source, 0, None) if val_source else (
+        SplitPlan(main, train_end, train_end + cut_val) if cut_val else None
+    )
+    plans["test"] = SplitPlan(test_source, 0, None) if test_source else (
+        SplitPlan(main, train_end + cut_val, main_chars) if cut_test else None
+    )
+    for name, option, source in (("val", "--val-data", val_source), ("test", "--test-data", test_source)):
+        if source is not None:
+            chars, _, has_text = _count_text(source, errors)
+            _check_not_empty(source, option, chars, has_text)
+
+    stage(f"fitting the {key_fields['tokenizer']} tokenizer on the training split")
+    tok = build_tokenizer(
+        key_fields["tokenizer"],
+        plans["train"].iter_text(errors),
+        vocab_size=key_fields["vocab_size"] or 0,
+        spm_model_type=key_fields["spm_model_type"] or "unigram",
+        threads=threads,
+    )
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tok.save(work)
+        dtype = token_dtype(tok.vocab_size)
+        tokens, chars, nbytes, unknown = {}, {}, {}, {}
+        for name in SPLITS:
+            plan = plans[name]
+            writer = _TokenFileWriter(work, name, dtype)
+            n_chars = n_bytes = n_unknown = 0
+            if plan is not None:
+                stage(f"encoding the {name} split")
+                for chunk in _newline_chunks(plan.iter_text(errors)):
+                    ids = tok.encode(chunk)
+                    writer.append(ids)
+                    n_chars += len(chunk)
+                    n_bytes += len(chunk.encode("utf-8", errors="surrogatepass"))
+                    if tok.unk_id is not None:
+                        n_unknown += int(np.count_nonzero(ids == tok.unk_id))
+            writer.close()
+            tokens[name], chars[name], nbytes[name], unknown[name] = writer.count, n_chars, n_bytes, n_unknown
+        meta = {
+            "key": key_fields,
+            "label": main.label,
+            "tokenizer": tok.kind,
+            "vocab_size": tok.vocab_size,
+            "dtype": dtype.name,
+            "tokens": tokens,
+            "chars": chars,
+            "bytes": nbytes,
+            "unknown": unknown,
+        }
+        atomic_write_bytes(work / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+        for path in work.iterdir():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        try:
+            os.rename(work, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():  # not just a concurrent run that won the race
+                raise
+        fsync_dir(folder.parent)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,91 @@
+"""RNNLM: token embedding -> stacked recurrent cell -> output head.
+
+The recurrent part is one nn.LSTM / nn.GRU / nn.RNN over all layers, so the fused
+cuDNN / oneDNN kernels do the work. Dropout (one rate) is applied to the embeddings,
+between recurrent layers and to the top layer's output. With tied weights the head reuses
+the embedding matrix; when the hidden width differs from the embedding width a bias-free
+projection H -> E sits in between.
+
+The recurrent state is a tensor (L, B, H) for GRU/RNN and a pair of them (h, c) for LSTM.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+
+
+class RNNLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        V, E, H, L = config.vocab_size, config.embed, config.hidden, config.layers
+        between = config.dropout if L > 1 else 0.0
+        self.embedding = nn.Embedding(V, E)
+        self.drop = nn.Dropout(config.dropout)
+        if config.cell == "lstm":
+            self.rnn = nn.LSTM(E, H, L, batch_first=True, dropout=between)
+        elif config.cell == "gru":
+            self.rnn = nn.GRU(E, H, L, batch_first=True, dropout=between)
+        else:
+            nonlinearity = "relu" if config.cell == "rnn-relu" else "tanh"
+            self.rnn = nn.RNN(E, H, L, nonlinearity=nonlinearity, batch_first=True, dropout=between)
+        self.projection = nn.Linear(H, E, bias=False) if config.tie_weights and H != E else None
+        self.head = nn.Linear(E if config.tie_weights else H, V)
+        if config.tie_weights:
+            self.head.weight = self.embedding.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.embedding.weight, std=0.1 if not self.config.tie_weights else 0.05)
+        if self.config.cell == "lstm":
+            # Forget-gate bias 1: gradients flow through the cell state from the start.
+            H = self.config.hidden
+            for name, param in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    with torch.no_grad():
+                        param[H : 2 * H].fill_(1.0)
+        nn.init.zeros_(self.head.bias)
+
+    def init_state(self, batch_size: int, device: Optional[torch.device] = None) -> State:
+        """Zero state for B lanes."""
+        L, H = self.config.layers, self.config.hidden
+        device = device or self.embedding.weight.device
+        zeros = torch.zeros(L, batch_size, H, device=device)
+        if self.config.cell == "lstm":
+            return (zeros, zeros.clone())
+        return zeros
+
+    def forward(self, x: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
+        """x (B, T) int64 -> logits (B, T, V), new state."""
+        emb = self.drop(self.embedding(x))  # (B, T, E)
+        out, state = self.rnn(emb, state)  # (B, T, H)
+        out = self.drop(out)
+        if self.projection is not None:
+            out = self.projection(out)  # (B, T, E)
+        return self.head(out), state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph at a window boundary; keep the values, in fp32 (autocast may leave bf16)."""
+    if isinstance(state, tuple):
+        return tuple(s.detach().float() for s in state)
+    return state.detach().float()
+
+
+def state_tensors(state: State) -> list[torch.Tensor]:
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def state_from_tensors(tensors: list[torch.Tensor], cell: str) -> State:
+    return (tensors[0], tensors[1]) if cell == "lstm" else tensors[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from .atomic import atomic_write_bytes, fsync_dir
@@ -39,7 +39,7 @@ METRICS_FILE = "metrics.jsonl"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 LAST, BEST = "last", "best"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, SPM_MODEL_FILE, LAST, BEST)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, SPM_MODEL_FILE, LAST, BEST, LAST + ".old", BEST + ".old")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -134,10 +134,11 @@ class RunDirectory:
                 with open(item, "rb") as f:
                     os.fsync(f.fileno())
             old = self.path / f"{which}.old"
-            if old.exists():
-                shutil.rmtree(old)
             if target.exists():
+                if old.exists():
+                    shutil.rmtree(old)
                 os.rename(target, old)
+            # until this rename, the previous checkpoint is intact under one of the two names
             os.rename(work, target)
             fsync_dir(self.path)
             shutil.rmtree(old, ignore_errors=True)
@@ -150,10 +151,11 @@ class RunDirectory:
         folder = self.checkpoint_dir(which)
         if folder is None:
             return {}
-        from safetensors import safe_open
-
-        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
-            raw = f.metadata() or {}
+        try:
+            with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
+                raw = f.metadata() or {}
+        except (SafetensorError, OSError) as exc:
+            raise CharlmError(f"{folder / WEIGHTS_FILE} cannot be read ({exc}); the checkpoint is damaged") from None
         out = {}
         for key, value in raw.items():
             try:

@@ -203,6 +203,10 @@ def train(ctx: click.Context, **options: Any) -> None:
         train_config.validate()
         model_config = run_config.model
     else:
+        for name in ("data", "val_data", "test_data"):
+            # absolute paths, so a resumed run finds its corpus from any working directory
+            if options[name] and Path(options[name]).expanduser().exists():
+                options[name] = str(Path(options[name]).expanduser().resolve())
         train_config = TrainConfig(**options)
         train_config.validate()
         ModelConfig(vocab_size=2, **model_options).validate()
@@ -287,3 +291,32 @@ def _check_same_tokenizer(run_dir: RunDirectory, corpus) -> None:
 
 def main() -> None:
     cli(prog_name="charlm")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run", type=click.Path(path_type=Path), metavar="RUN_DIR")
+@click.option("--prompt", "-p", default="", help="Text to continue (not repeated in the output).")
+@click.option("--length", "-n", type=int, default=500, help="Tokens to generate.")
+@click.option("--temperature", type=float, default=SampleConfig.temperature, help="0 is greedy; higher is wilder.")
+@click.option("--top-k", type=int, help="Sample only from the k most likely tokens.")
+@click.option("--top-p", type=float, help="Sample only from the smallest set of tokens with this much probability.")
+@click.option("--seed", type=int, help="Random seed, for a repeatable sample.")
+@click.option("--checkpoint", type=click.Choice(["auto", "best", "last"]), default="auto",
+              help="Which weights: auto takes best, else last.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
+def generate(run: Path, prompt: str, length: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
+             seed: Optional[int], checkpoint: str, device: str) -> None:
+    """Generate text from a trained run; the text streams to stdout."""
+    if length < 0:
+        raise CharlmError(f"--length must be 0 or more (got {length})")
+    sample_config = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    sample_config.validate()
+    torch_device = resolve_device(device)
+    run_dir = RunDirectory(run)
+    config = run_dir.read_config()
+    tokenizer = run_dir.load_tokenizer()
+    model, _ = run_dir.load_model(checkpoint, device=torch_device, config=config)
+    generator = Generator(model, tokenizer, torch_device)
+    for text in generator.stream(prompt, length, sample_config, seed=seed):
+        Console.write_text(text)
+    Console.write_text("\n")

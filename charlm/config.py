@@ -34,6 +34,23 @@ def _check(condition: bool, name: str, message: str) -> None:
         raise CharlmError(f"{_option(name)} {message}")
 
 
+def _check_types(obj) -> None:
+    """Whole numbers must be ints (a hand-edited config may say 1.5), floats may be ints."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind in ("int", "Optional[int]") and (isinstance(value, bool) or not isinstance(value, int)):
+            raise CharlmError(f"{_option(f.name)} must be a whole number (got {value!r})")
+        if kind in ("float", "Optional[float]") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise CharlmError(f"{_option(f.name)} must be a number (got {value!r})")
+        if kind == "bool" and not isinstance(value, bool):
+            raise CharlmError(f"{_option(f.name)} must be true or false (got {value!r})")
+        if kind in ("str", "Optional[str]") and not isinstance(value, str):
+            raise CharlmError(f"{_option(f.name)} must be text (got {value!r})")
+
+
 def _from_dict(cls, data: dict[str, Any], what: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
@@ -54,7 +71,7 @@ class ModelConfig:
     vocab_size: int
     cell: str = "lstm"
     layers: int = 2
-    hidden: int = 512
+    hidden: int = 256
     embed: int = 128
     dropout: float = 0.0
     tie_weights: bool = False
@@ -63,6 +80,7 @@ class ModelConfig:
         self.cell = CELL_ALIASES.get(self.cell, self.cell)
 
     def validate(self) -> None:
+        _check_types(self)
         _check(self.cell in CELLS, "cell", f"must be one of {', '.join(CELLS)} (got {self.cell!r})")
         _check(self.vocab_size >= 2, "vocab_size", f"must be at least 2 (got {self.vocab_size})")
         _check(self.layers >= 1, "layers", f"must be at least 1 (got {self.layers})")
@@ -93,8 +111,8 @@ class TrainConfig:
     spm_model_type: str = "unigram"
     encoding_errors: str = "strict"
     # batching
-    batch_size: int = 64
-    seq_len: int = 128
+    batch_size: int = 32
+    seq_len: int = 64
     random_offset: bool = True
     # optimisation
     lr: float = 3e-3
@@ -112,13 +130,14 @@ class TrainConfig:
     max_time: Optional[float] = None
     epochs: Optional[float] = None
     # cadence
-    eval_every: int = 200
+    eval_every: int = 500
     eval_batch_size: int = 16
     checkpoint_every: int = 1000
-    log_every: int = 20
+    log_every: int = 50
     sample_length: int = 400
 
     def validate(self) -> None:
+        _check_types(self)
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1) (got {self.val_fraction})")
         _check(0.0 <= self.test_fraction < 1.0, "test_fraction", f"must be in [0, 1) (got {self.test_fraction})")
         _check(
@@ -177,6 +196,7 @@ class SampleConfig:
     top_p: Optional[float] = None
 
     def validate(self) -> None:
+        _check_types(self)
         _check(self.temperature >= 0, "temperature", f"must be 0 (greedy) or more (got {self.temperature})")
         _check(self.top_k is None or self.top_k >= 1, "top_k", f"must be at least 1 (got {self.top_k})")
         _check(

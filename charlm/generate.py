@@ -30,6 +30,14 @@ class Generator:
             ids = newline[:1] if newline and newline[0] != self.tokenizer.unk_id else [0]
         return ids
 
+    def _allowed(self, logits: torch.Tensor) -> torch.Tensor:
+        """Never emit the unknown symbol: it stands for no character at all."""
+        unk = self.tokenizer.unk_id
+        if unk is not None:
+            logits = logits.clone()
+            logits[..., unk] = float("-inf")
+        return logits
+
     @torch.no_grad()
     def stream(
         self,
@@ -45,7 +53,7 @@ class Generator:
         generator.manual_seed(seed if seed is not None else torch.seed())
         ids = torch.tensor([self._prompt_ids(prompt)], dtype=torch.long, device=self.device)  # (1, P)
         logits, state = self.model(ids)
-        last = logits[:, -1, :]  # (1, V)
+        last = self._allowed(logits[:, -1, :])  # (1, V)
         decoder = StreamDecoder(self.tokenizer)
         for _ in range(max_tokens):
             token = next_token(last, config, generator)  # (1,)
@@ -53,7 +61,7 @@ class Generator:
             if text:
                 yield text
             logits, state = self.model(token.view(1, 1), state)
-            last = logits[:, -1, :]
+            last = self._allowed(logits[:, -1, :])
         tail = decoder.flush()
         if tail:
             yield tail

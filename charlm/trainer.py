@@ -87,6 +87,7 @@ class Trainer:
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
 
+        torch.manual_seed(config.seed)  # initial weights and dropout masks; resume() restores the RNG later
         self.model = RNNLM(model_config).to(device)
         self.optimizer = build_optimizer(self.model, config, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))

@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated data/cache folder per test, and the real corpora in ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    """A real corpus from ../shared/data, or a skip that says why (a fresh clone has none)."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"real corpus {name} not found in {SHARED_DATA} (it sits beside the checkout in CI)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Each test gets its own data folder and token cache, and never touches the network."""
+    folder = tmp_path_factory.mktemp("charlm-data")
+    monkeypatch.setenv("CHARLM_DATA_DIR", str(folder))
+    monkeypatch.delenv("CHARLM_CACHE_DIR", raising=False)
+    # an address that fails at once, so the default corpus takes its offline path
+    monkeypatch.setenv("CHARLM_SHAKESPEARE_URL", (folder / "no-such-mirror" / "input.txt").as_uri())
+    return folder
+
+
+@pytest.fixture
+def shakespeare_path() -> Path:
+    return shared_file("tinyshakespeare.txt")
+
+
+@pytest.fixture
+def shakespeare_mirror(isolated_data_dir, shakespeare_path, monkeypatch) -> Path:
+    """Serve the shakespeare named corpus from a local mirror (a file:// address)."""
+    monkeypatch.setenv("CHARLM_SHAKESPEARE_URL", shakespeare_path.as_uri())
+    return shakespeare_path

@@ -19,7 +19,7 @@ import codecs
 import io
 import json
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Protocol, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -131,6 +131,9 @@ class ByteTokenizer:
         _write_json(Path(directory) / TOKENIZER_FILE, {"kind": self.kind, "version": FORMAT_VERSION})
 
 
+WHITESPACE_MARK = "\u2581"  # SentencePiece's stand-in for a space inside pieces
+# ids SentencePiece keeps apart from learned pieces: unknown, "\n", 256 byte pieces
+SPM_RESERVED = 258
 # SentencePiece drops anything over max_sentence_length (4192 bytes by default); keep well under.
 SPM_CHUNK_BYTES = 4000
 SPM_TRAINING_OPTIONS = dict(
@@ -153,28 +156,65 @@ SPM_TRAINING_OPTIONS = dict(
 )
 
 
+def _lines(chunks: Iterable[str], max_chars: int) -> Iterator[str]:
+    """Lines ending in "\n" (the last may not); a line over max_chars comes in max_chars slices.
+
+    The cuts depend only on the text, not on how it was chunked.
+    """
+    carry = ""
+    for chunk in chunks:
+        parts = chunk.split("\n")
+        for part in parts[:-1]:
+            line = carry + part + "\n"
+            carry = ""
+            for start in range(0, len(line), max_chars):
+                yield line[start : start + max_chars]
+        carry += parts[-1]
+        while len(carry) > max_chars:  # an overlong line: flush whole slices early
+            yield carry[:max_chars]
+            carry = carry[max_chars:]
+    if carry:
+        yield carry
+
+
 def spm_sentences(chunks: Iterable[str], max_bytes: int = SPM_CHUNK_BYTES) -> Iterator[str]:
-    """Regroup text into pieces under max_bytes, cut after newlines where possible."""
+    """Regroup text into training "sentences" under max_bytes, cut after newlines."""
     pending: list[str] = []
     pending_bytes = 0
-    for chunk in chunks:
-        for line in chunk.splitlines(keepends=True):
-            size = len(line.encode("utf-8", errors="surrogatepass"))
-            if size > max_bytes:
-                if pending:
-                    yield "".join(pending)
-                    pending, pending_bytes = [], 0
-                step = max_bytes // 4  # a code point is at most 4 bytes in UTF-8
-                for start in range(0, len(line), step):
-                    yield line[start : start + step]
-                continue
-            if pending_bytes + size > max_bytes:
-                yield "".join(pending)
-                pending, pending_bytes = [], 0
-            pending.append(line)
-            pending_bytes += size
+    for line in _lines(chunks, max_bytes // 4):  # a code point is at most 4 bytes in UTF-8
+        size = len(line.encode("utf-8", errors="surrogatepass"))
+        if pending and pending_bytes + size > max_bytes:
+            yield "".join(pending)
+            pending, pending_bytes = [], 0
+        pending.append(line)
+        pending_bytes += size
     if pending:
         yield "".join(pending)
+
+
+TextFactory = Callable[[], Iterable[str]]
+
+
+def _reiterable(text: Union[Iterable[str], TextFactory]) -> TextFactory:
+    """A function giving a fresh pass over the text each time it is called."""
+    if callable(text):
+        return text
+    if isinstance(text, Iterator):
+        text = list(text)  # a one-shot iterator: keep it for the second pass
+    return lambda: text
+
+
+def _rare_characters(text: TextFactory, keep: int) -> set[int]:
+    """Code points outside the `keep` most frequent ones."""
+    counts: dict[int, int] = {}
+    for chunk in text():
+        values, freq = np.unique(_code_points(chunk), return_counts=True)
+        for value, n in zip(values.tolist(), freq.tolist()):
+            counts[value] = counts.get(value, 0) + n
+    if len(counts) <= keep:
+        return set()
+    ranked = sorted(counts, key=lambda cp: (-counts[cp], cp))
+    return set(ranked[keep:])
 
 
 class SentencePieceTokenizer:
@@ -193,17 +233,39 @@ class SentencePieceTokenizer:
             raise CharlmError(f"sentencepiece model is damaged ({exc}); retrain the tokenizer") from None
         self.vocab_size = int(self._sp.get_piece_size())
         self.unk_id = int(self._sp.unk_id())
+        self._mark_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in WHITESPACE_MARK.encode("utf-8")]
 
     @classmethod
     def train(
-        cls, chunks: Iterable[str], vocab_size: int, model_type: str = "unigram", threads: int = 1
+        cls,
+        text: Union[Iterable[str], TextFactory],
+        vocab_size: int,
+        model_type: str = "unigram",
+        threads: int = 1,
     ) -> "SentencePieceTokenizer":
+        """Train on text (chunks, or a function that gives a fresh pass over them).
+
+        With character_coverage 1.0 every distinct character needs a piece; a corpus with
+        more distinct characters than the vocabulary can hold (Chinese, many scripts) would
+        fail. So only the most frequent characters, two thirds of the non-byte vocabulary,
+        take part in training; rarer ones are cut out of the training text and are encoded
+        through byte fallback instead, which still round-trips exactly.
+        """
         import sentencepiece as spm
+
+        passes = _reiterable(text)
+        keep = max((vocab_size - SPM_RESERVED) * 2 // 3, 1)
+        rare = _rare_characters(passes, keep)
+        cut = {cp: "\n" for cp in rare}
+
+        def sentences() -> Iterator[str]:
+            for sentence in spm_sentences(passes()):
+                yield sentence.translate(cut) if cut else sentence
 
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=spm_sentences(chunks),
+                sentence_iterator=sentences(),
                 model_writer=model,
                 vocab_size=vocab_size,
                 model_type=model_type,
@@ -213,12 +275,29 @@ class SentencePieceTokenizer:
         except RuntimeError as exc:
             raise CharlmError(
                 f"sentencepiece training failed: {str(exc).strip().splitlines()[-1]}; "
-                "try a smaller --vocab-size or a larger corpus"
+                "try another --vocab-size or a larger corpus"
             ) from None
         return cls(model.getvalue())
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._sp.encode(text), dtype=np.int64)
+        # Line by line ("\n" is a piece of its own, so nothing spans lines): the ids are then
+        # the same however a corpus is chunked. A literal U+2581, which SentencePiece reads
+        # as its space marker, is written with its three byte-fallback ids instead.
+        segments: list[Optional[str]] = []
+        for line in _lines([text], max(len(text), 1)):
+            if WHITESPACE_MARK in line:
+                for index, part in enumerate(line.split(WHITESPACE_MARK)):
+                    if index:
+                        segments.append(None)
+                    if part:
+                        segments.append(part)
+            else:
+                segments.append(line)
+        encoded = iter(self._sp.encode([s for s in segments if s is not None]))
+        ids: list[int] = []
+        for segment in segments:
+            ids.extend(self._mark_ids if segment is None else next(encoded))
+        return np.asarray(ids, dtype=np.int64)
 
     def decode(self, ids: IdsLike) -> str:
         arr = _ids_array(ids)
@@ -265,18 +344,18 @@ class StreamDecoder:
 
 def build_tokenizer(
     kind: str,
-    training_chunks: Iterable[str],
+    training_text: Union[Iterable[str], TextFactory],
     vocab_size: int = 2000,
     spm_model_type: str = "unigram",
     threads: int = 1,
 ) -> Tokenizer:
-    """Fit a tokenizer of the given kind on the training text (an iterable of chunks)."""
+    """Fit a tokenizer on the training text: chunks, or a function giving a fresh pass over them."""
     if kind == "char":
-        return CharTokenizer.fit(training_chunks)
+        return CharTokenizer.fit(training_text() if callable(training_text) else training_text)
     if kind == "byte":
         return ByteTokenizer()
     if kind == "sentencepiece":
-        return SentencePieceTokenizer.train(training_chunks, vocab_size, spm_model_type, threads)
+        return SentencePieceTokenizer.train(training_text, vocab_size, spm_model_type, threads)
     raise CharlmError(f"--tokenizer must be one of char, byte, sentencepiece (got {kind!r})")
 
 
@@ -294,7 +373,10 @@ def load_tokenizer(directory: Union[str, Path]) -> Tokenizer:
         raise CharlmError(f"{path} has an unsupported format; it was written by a different charlm")
     kind = meta.get("kind")
     if kind == "char":
-        return CharTokenizer(meta.get("code_points", []))
+        try:
+            return CharTokenizer(meta.get("code_points", []))
+        except (TypeError, ValueError, OverflowError):
+            raise CharlmError(f"{path} holds an invalid vocabulary; the run directory is damaged") from None
     if kind == "byte":
         return ByteTokenizer()
     if kind == "sentencepiece":
@@ -303,6 +385,8 @@ def load_tokenizer(directory: Union[str, Path]) -> Tokenizer:
             return SentencePieceTokenizer(model_path.read_bytes())
         except FileNotFoundError:
             raise CharlmError(f"{model_path} is missing; the run directory is damaged") from None
+        except OSError as exc:
+            raise CharlmError(f"{model_path} cannot be read ({exc.strerror}); the run directory is damaged") from None
     raise CharlmError(f"{path} names an unknown tokenizer kind {kind!r}")
 
 

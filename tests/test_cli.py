@@ -21,6 +21,7 @@ so the file runs in well under two minutes on two CPU cores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,9 +45,11 @@ ERROR_PREFIX = "charlm: error:"
 
 # A small model and small batches: every training run here takes a second or two.
 TINY_MODEL = ["--hidden", "32", "--layers", "1", "--embed", "16", "--threads", "1",
-              "--sample-length", "50", "--eval-every", "10"]  # fmt: skip
+              "--sample-length", "50", "--eval-every", "10", "--log-every", "10"]  # fmt: skip
 TINY_BATCH = ["--batch-size", "4", "--seq-len", "16"]
 TINY = TINY_MODEL + TINY_BATCH
+# For runs that should fail before training: should one train after all, it stops at once.
+SAFE = TINY + ["--max-steps", "5"]
 
 # Environment variables that would make rich draw colours or a live display on a pipe.
 FORCE_TERMINAL_VARS = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
@@ -179,10 +182,10 @@ def assert_cli_error(result, *, alone: bool = True) -> str:
     return assert_user_error(result.exit_code, result.stdout, result.stderr, alone=alone)
 
 
-def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    """Bytes and modification time of every file below folder."""
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and modification time of every file below folder."""
     return {
-        str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns)
+        str(path.relative_to(folder)): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
@@ -294,7 +297,7 @@ def test_train_through_the_shim_and_the_console_script(how, shakespeare_path, tm
     done = run_cli("train", "--data", str(shakespeare_path), "--out", str(out), "--max-steps", "20", *TINY,
                    how=how)  # fmt: skip
     check_finished_run(out, done, steps=20)
-    assert read_config(out)["train"]["data"] == str(shakespeare_path)
+    assert Path(read_config(out)["train"]["data"]).resolve() == shakespeare_path.resolve()
     assert "\x1b[" not in done.stderr
 
 
@@ -434,11 +437,12 @@ def test_overwrite_replaces_an_existing_run(existing_run, shakespeare_path):
 
 def test_options_fall_back_to_environment_variables(small_corpus, tmp_path):
     out = tmp_path / "run"
-    done = run_cli("train", "--data", str(small_corpus), "--out", str(out), *TINY,
+    # --max-time: a safety net, so an ignored variable fails the test in seconds, not minutes
+    done = run_cli("train", "--data", str(small_corpus), "--out", str(out), *TINY, "--max-time", "3",
                    env=child_env(CHARLM_TRAIN_MAX_STEPS="5"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     end = end_event(out)
-    assert end["step"] == 5 and end["reason"] == "max_steps"
+    assert (end["step"], end["reason"]) == (5, "max_steps"), "CHARLM_TRAIN_MAX_STEPS=5 was ignored"
     assert read_config(out)["train"]["max_steps"] == 5
     assert "stops after 5 steps" in done.stderr
 
@@ -463,7 +467,7 @@ def test_options_fall_back_to_environment_variables(small_corpus, tmp_path):
 )
 def test_bad_option_values(options, named, small_corpus, tmp_path):
     out = tmp_path / "run"
-    result = invoke("train", "--data", str(small_corpus), "--out", str(out), *TINY, *options)
+    result = invoke("train", "--data", str(small_corpus), "--out", str(out), *SAFE, *options)
     error = assert_cli_error(result)
     assert named in error
     assert not out.exists()
@@ -480,7 +484,7 @@ def test_unknown_choice_is_a_usage_error(small_corpus, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA, so --device cuda is valid")
 def test_device_cuda_without_cuda(small_corpus, tmp_path):
     out = tmp_path / "run"
-    result = invoke("train", "--data", str(small_corpus), "--out", str(out), *TINY, "--device", "cuda")
+    result = invoke("train", "--data", str(small_corpus), "--out", str(out), *SAFE, "--device", "cuda")
     error = assert_cli_error(result)
     assert "--device cuda" in error and "CUDA" in error
     assert not out.exists()
@@ -489,7 +493,7 @@ def test_device_cuda_without_cuda(small_corpus, tmp_path):
 def test_missing_data_path(tmp_path):
     out = tmp_path / "run"
     missing = tmp_path / "no-such-file.txt"
-    result = invoke("train", "--data", str(missing), "--out", str(out), *TINY)
+    result = invoke("train", "--data", str(missing), "--out", str(out), *SAFE)
     error = assert_cli_error(result)
     assert "--data" in error and str(missing) in error
     assert not out.exists()
@@ -504,7 +508,7 @@ def test_corpus_without_text(content, expected, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(content)
     out = tmp_path / "run"
-    result = invoke("train", "--data", str(corpus), "--out", str(out), *TINY)
+    result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE)
     error = assert_cli_error(result, alone=False)
     assert expected in error and str(corpus) in error
     assert not out.exists()
@@ -516,7 +520,7 @@ def test_corpus_too_small_for_the_batch(batch, seq, need, tmp_path):
     corpus.write_text("To be, or not to be, that is the question.\n" * 60, encoding="utf-8")  # 2,640 chars
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *TINY_MODEL,
-                    "--batch-size", str(batch), "--seq-len", str(seq))  # fmt: skip
+                    "--batch-size", str(batch), "--seq-len", str(seq), "--max-steps", "5")  # fmt: skip
     error = assert_cli_error(result, alone=False)
     assert need in error, error
     assert "--batch-size" in error and "--seq-len" in error
@@ -527,7 +531,8 @@ def test_corpus_too_small_leaves_an_existing_run_alone(existing_run, tmp_path):
     corpus = tmp_path / "small.txt"
     corpus.write_text("To be, or not to be, that is the question.\n" * 60, encoding="utf-8")
     before = snapshot(existing_run)
-    result = invoke("train", "--data", str(corpus), "--out", str(existing_run), "--overwrite", *TINY_MODEL)
+    result = invoke("train", "--data", str(corpus), "--out", str(existing_run), "--overwrite", *TINY_MODEL,
+                    "--batch-size", "64", "--seq-len", "128", "--max-steps", "5")  # fmt: skip
     error = assert_cli_error(result, alone=False)
     assert "8,193" in error
     assert snapshot(existing_run) == before, "--overwrite destroyed the old run although the new one cannot start"
@@ -537,7 +542,7 @@ def test_invalid_utf8_names_the_byte_and_line(tmp_path):
     corpus = tmp_path / "latin1.txt"
     corpus.write_bytes(BAD_UTF8)
     out = tmp_path / "run"
-    result = invoke("train", "--data", str(corpus), "--out", str(out), *TINY)
+    result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE)
     error = assert_cli_error(result, alone=False)
     assert str(corpus) in error
     assert f"byte {BAD_UTF8_OFFSET}" in error and f"line {BAD_UTF8_LINE}" in error
@@ -561,7 +566,7 @@ def test_out_holding_a_run_needs_resume_or_overwrite(existing_run, shakespeare_p
     config_bytes = (existing_run / "config.json").read_bytes()
     weights_mtime = (existing_run / "last" / "model.safetensors").stat().st_mtime_ns
     before = snapshot(existing_run)
-    result = invoke("train", "--data", str(shakespeare_path), "--out", str(existing_run), *TINY)
+    result = invoke("train", "--data", str(shakespeare_path), "--out", str(existing_run), *SAFE)
     error = assert_cli_error(result, alone=False)
     assert "--resume" in error and "--overwrite" in error
     assert (existing_run / "config.json").read_bytes() == config_bytes
@@ -573,7 +578,7 @@ def test_out_not_empty_and_not_a_run(small_corpus, tmp_path):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "todo.txt").write_text("keep me\n", encoding="utf-8")
-    result = invoke("train", "--data", str(small_corpus), "--out", str(out), *TINY)
+    result = invoke("train", "--data", str(small_corpus), "--out", str(out), *SAFE)
     error = assert_cli_error(result, alone=False)
     assert str(out) in error and "not a charlm run" in error
     assert sorted(p.name for p in out.iterdir()) == ["todo.txt"]
@@ -583,7 +588,7 @@ def test_out_not_empty_and_not_a_run(small_corpus, tmp_path):
 def test_out_is_a_file(small_corpus, tmp_path):
     out = tmp_path / "file.txt"
     out.write_text("x\n", encoding="utf-8")
-    result = invoke("train", "--data", str(small_corpus), "--out", str(out), *TINY)
+    result = invoke("train", "--data", str(small_corpus), "--out", str(out), *SAFE)
     error = assert_cli_error(result, alone=False)
     assert str(out) in error
     assert out.read_text(encoding="utf-8") == "x\n"
@@ -625,13 +630,13 @@ def test_user_errors_in_a_real_process(kind, tmp_path):
     out = tmp_path / "run"
     if kind == "option":
         corpus = write_text_corpus(tmp_path / "ok.txt")
-        done = run_cli("train", "--data", str(corpus), "--out", str(out), *TINY, "--dropout", "1.5")
+        done = run_cli("train", "--data", str(corpus), "--out", str(out), *SAFE, "--dropout", "1.5")
         error = assert_user_error(done.returncode, done.stdout, done.stderr)
         assert "--dropout" in error
     else:
         corpus = tmp_path / "empty.txt"
         corpus.write_bytes(b"")
-        done = run_cli("train", "--data", str(corpus), "--out", str(out), *TINY)
+        done = run_cli("train", "--data", str(corpus), "--out", str(out), *SAFE)
         error = assert_user_error(done.returncode, done.stdout, done.stderr, alone=False)
         assert "is empty" in error
     assert done.returncode == 1

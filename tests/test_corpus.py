@@ -297,7 +297,7 @@ def test_unknown_characters_in_val_are_noted_and_encoded_as_unknown(tmp_path):
     assert np.flatnonzero(ids == prep.tokenizer.unk_id).tolist() == unknown_positions
     notes = [n for n in prep.notes if "val" in n]
     assert len(notes) == 1 and f"{count:,}" in notes[0]
-    assert not any("train" in n and "never occur" in n and "test split" in n for n in prep.notes)
+    assert not any("test split" in n for n in prep.notes)  # the test split is empty here
     # the note survives a cache hit
     again = prepare_corpus(str(path), val_fraction=0.1, tokenizer="char")
     assert again.from_cache and notes[0] in again.notes

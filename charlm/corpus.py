@@ -197,6 +197,24 @@ def _slice_stream(chunks: Iterator[str], start: int, end: int) -> Iterator[str]:
             return
 
 
+def _newline_chunks(chunks: Iterator[str], limit: int = 1 << 22) -> Iterator[str]:
+    """Regroup chunks so each ends after a newline where one is near: SentencePiece encodes
+    line by line, so a line must not be cut between two chunks."""
+    carry = ""
+    for chunk in chunks:
+        text = carry + chunk
+        cut = text.rfind("\n") + 1
+        if cut == 0 and len(text) < limit:
+            carry = text
+            continue
+        if cut == 0:
+            cut = len(text)
+        yield text[:cut]
+        carry = text[cut:]
+    if carry:
+        yield carry
+
+
 @dataclass
 class SplitPlan:
     """Where each split's text comes from: a source and a character range in it."""
@@ -369,7 +387,7 @@ def _build_cache(folder, main, val_source, test_source, key_fields, threads, sta
             n_chars = n_bytes = n_unknown = 0
             if plan is not None:
                 stage(f"encoding the {name} split")
-                for chunk in plan.iter_text(errors):
+                for chunk in _newline_chunks(plan.iter_text(errors)):
                     ids = tok.encode(chunk)
                     writer.append(ids)
                     n_chars += len(chunk)

@@ -15,6 +15,15 @@ from typing import Callable, Iterator, Union
 PathLike = Union[str, Path]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def fsync_dir(directory: PathLike) -> None:
     try:
         fd = os.open(str(directory), os.O_RDONLY)
@@ -39,6 +48,7 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -49,6 +59,13 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def temporary_folder(parent: PathLike, prefix: str) -> Path:
+    """A new hidden folder in parent (for building something to rename into place)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+    return folder
 
 
 def atomic_write_bytes(target: PathLike, data: bytes) -> None:

@@ -49,16 +49,21 @@ def minimum_tokens(batch_size: int, seq_len: int) -> int:
     return batch_size * seq_len + 1
 
 
+def require_tokens(count: int, batch_size: int, seq_len: int) -> None:
+    """Raise CharlmError unless a split of `count` tokens gives at least one (B, T) window."""
+    need = minimum_tokens(batch_size, seq_len)
+    if count < need:
+        raise CharlmError(
+            f"the training split has {count:,} tokens but --batch-size {batch_size} x "
+            f"--seq-len {seq_len} needs at least {need:,}; lower them or give more text"
+        )
+
+
 class LaneBatcher:
     """Training batches for stateful TBPTT; see the module docstring for the layout."""
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, random_offset: bool = True):
-        need = minimum_tokens(batch_size, seq_len)
-        if len(tokens) < need:
-            raise CharlmError(
-                f"the training split has {len(tokens):,} tokens but --batch-size {batch_size} x "
-                f"--seq-len {seq_len} needs at least {need:,}; lower them or give more text"
-            )
+        require_tokens(len(tokens), batch_size, seq_len)
         self.tokens = tokens
         self.batch_size = batch_size
         self.seq_len = seq_len

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -28,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from .atomic import atomic_write_bytes, fsync_dir
+from .atomic import atomic_write_bytes, fsync_dir, temporary_folder
 from .config import RunConfig
 from .errors import CharlmError
 from .model import RNNLM
@@ -56,8 +55,8 @@ class RunDirectory:
     def is_run(self) -> bool:
         return (self.path / CONFIG_FILE).is_file()
 
-    def prepare(self, resume: bool = False, overwrite: bool = False) -> None:
-        """Check the folder may be used for a new run (or a resumed one) and create it."""
+    def check(self, resume: bool = False, overwrite: bool = False) -> None:
+        """Raise CharlmError if the folder may not be used for a new (or resumed) run; change nothing."""
         path = self.path
         if path.exists() and not path.is_dir():
             raise CharlmError(f"--out {path} is a file; choose a folder for the run")
@@ -72,6 +71,14 @@ class RunDirectory:
                 raise CharlmError(
                     f"--out {path} already holds a run; pass --resume to continue it or --overwrite to replace it"
                 )
+
+    def prepare(self, resume: bool = False, overwrite: bool = False) -> None:
+        """Check the folder may be used for a new run (or a resumed one) and create it."""
+        self.check(resume, overwrite)
+        path = self.path
+        if resume:
+            return
+        if path.is_dir() and any(path.iterdir()):
             for name in RUN_FILES:
                 target = path / name
                 if target.is_dir():
@@ -124,7 +131,7 @@ class RunDirectory:
         trainer_state: Optional[dict[str, Any]] = None,
     ) -> Path:
         target = self.path / which
-        work = Path(tempfile.mkdtemp(prefix=f".{which}.", dir=self.path))
+        work = temporary_folder(self.path, f".{which}.")
         try:
             meta = {key: json.dumps(value) for key, value in metadata.items()}
             save_model(_unwrap(model), str(work / WEIGHTS_FILE), metadata=meta)

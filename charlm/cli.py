@@ -16,6 +16,7 @@ from typing import Any, Optional
 import click
 
 from . import __version__
+from .batching import require_tokens
 from .checkpoint import RunDirectory
 from .config import (
     CELLS,
@@ -40,7 +41,9 @@ from .trainer import Trainer
 
 _T, _M = TrainConfig, ModelConfig  # option defaults live in the dataclasses
 
-CONTEXT = dict(help_option_names=["-h", "--help"], auto_envvar_prefix="CHARLM", show_default=True)
+# The group sets the prefix; each command then reads CHARLM_<COMMAND>_<OPTION>.
+GROUP_CONTEXT = dict(help_option_names=["-h", "--help"], auto_envvar_prefix="CHARLM")
+CONTEXT = dict(help_option_names=["-h", "--help"], show_default=True)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -81,7 +84,7 @@ class CharlmGroup(click.Group):
         return result
 
 
-@click.group(cls=CharlmGroup, context_settings=CONTEXT, no_args_is_help=True)
+@click.group(cls=CharlmGroup, context_settings=GROUP_CONTEXT, no_args_is_help=True)
 @click.version_option(__version__, "-V", "--version", prog_name="charlm")
 def cli() -> None:
     """charlm: train recurrent language models on any text, generate from them, score text."""
@@ -128,7 +131,8 @@ def _given(ctx: click.Context, name: str) -> bool:
     return source not in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
+             "CHARLM_TRAIN_<OPTION>, e.g. CHARLM_TRAIN_MAX_STEPS=1000 or CHARLM_TRAIN_DEVICE=cpu.")
 @click.option("--data", "-d", default=DEFAULT_CORPUS, metavar="PATH|NAME",
               help="Corpus: a text file, a folder of text files, or a named corpus (shakespeare, pystdlib). "
                    "The default downloads tiny Shakespeare once and falls back to pystdlib offline.")
@@ -211,6 +215,8 @@ def train(ctx: click.Context, **options: Any) -> None:
         train_config.validate()
         ModelConfig(vocab_size=2, **model_options).validate()
 
+    if out is not None and not resume:
+        RunDirectory(out).check(overwrite=overwrite)  # fail before a long corpus preparation
     main_source = None
     if not resume and not _given(ctx, "data"):
         label, files, notes = resolve_default_corpus()
@@ -244,6 +250,7 @@ def train(ctx: click.Context, **options: Any) -> None:
         f"{how} ({corpus.cache_dir})"
     )
 
+    require_tokens(len(corpus.splits["train"]), train_config.batch_size, train_config.seq_len)
     if resume:
         _check_same_tokenizer(run_dir, corpus)
     else:
@@ -293,7 +300,8 @@ def main() -> None:
     cli(prog_name="charlm")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
+             "CHARLM_GENERATE_<OPTION>, e.g. CHARLM_GENERATE_TEMPERATURE=0.5.")
 @click.argument("run", type=click.Path(path_type=Path), metavar="RUN_DIR")
 @click.option("--prompt", "-p", default="", help="Text to continue (not repeated in the output).")
 @click.option("--length", "-n", type=int, default=500, help="Tokens to generate.")

@@ -23,14 +23,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .atomic import atomic_write_bytes, fsync_dir
+from .atomic import atomic_write_bytes, fsync_dir, temporary_folder
 from .corpora import NAMED_CORPORA, resolve_named_corpus
 from .errors import CharlmError
 from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, token_dtype
@@ -376,7 +375,7 @@ def _build_cache(folder, main, val_source, test_source, key_fields, threads, sta
     )
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    work = temporary_folder(folder.parent, f".{folder.name}.")
     try:
         tok.save(work)
         dtype = token_dtype(tok.vocab_size)

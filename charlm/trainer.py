@@ -55,7 +55,7 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     return cosine * warmup
 
 
-def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         # Matrices decay; biases and the embedding table (a lookup, not a map) do not.
@@ -64,7 +64,10 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=device.type in ("cuda", "cpu"))
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True)
+    except (RuntimeError, TypeError):  # older torch has no fused kernel for this device
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
 
 
 class Trainer:
@@ -89,7 +92,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # initial weights and dropout masks; resume() restores the RNG later
         self.model = RNNLM(model_config).to(device)
-        self.optimizer = build_optimizer(self.model, config, device)
+        self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
         self.batcher = LaneBatcher(
             corpus.splits["train"], config.batch_size, config.seq_len, seed=config.seed, random_offset=config.random_offset

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.text import Text
 
 PROGRESS_UNITS = 1000
+PLAIN_LINE_INTERVAL_S = 10.0
 
 
 def _duration(seconds: float) -> str:
@@ -59,10 +60,12 @@ class Console:
 class TrainReporter:
     """Turns trainer events into a progress bar (terminal) or plain log lines (anything else)."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, plain_interval_s: float = PLAIN_LINE_INTERVAL_S):
         self.console = console
         self.progress: Optional[Progress] = None
         self.task = None
+        self.plain_interval_s = plain_interval_s
+        self._last_plain_line: Optional[float] = None
 
     def __enter__(self) -> "TrainReporter":
         return self
@@ -118,7 +121,9 @@ class TrainReporter:
     def _on_train(self, e: dict[str, Any]) -> None:
         if self.progress is not None:
             self.progress.update(self.task, completed=e["progress"] * PROGRESS_UNITS, status=self._status(e))
-        else:
+        elif self._last_plain_line is None or e["elapsed"] - self._last_plain_line >= self.plain_interval_s:
+            # a log file gets a line every few seconds at most; metrics.jsonl has every event
+            self._last_plain_line = e["elapsed"]
             self.console.info(
                 f"step {e['step']:>7,}  epoch {e['epoch']:6.2f}  loss {e['loss']:.4f}  lr {e['lr']:.2e}  "
                 f"{e['tokens_per_s']:>9,.0f} tok/s  {_duration(e['elapsed'])}"

@@ -64,8 +64,19 @@ def _from_dict(cls, data: dict[str, Any], what: str):
     return obj
 
 
+class _Options:
+    """to_dict / from_dict for the option dataclasses; from_dict validates."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return _from_dict(cls, data, cls.__name__)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Options):
     """Shape of an RNNLM: embedding -> stacked recurrent cell -> output head."""
 
     vocab_size: int
@@ -88,16 +99,10 @@ class ModelConfig:
         _check(self.embed >= 1, "embed", f"must be at least 1 (got {self.embed})")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return _from_dict(cls, data, "model config")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Options):
     """Everything about a training run except the model's shape."""
 
     # corpus and tokenizer
@@ -179,16 +184,10 @@ class TrainConfig:
             return None, DEFAULT_MAX_TIME_S, None
         return self.max_steps, self.max_time, self.epochs
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return _from_dict(cls, data, "training config")
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(_Options):
     """How to choose each next token. temperature 0 means greedy."""
 
     temperature: float = 0.8
@@ -203,12 +202,6 @@ class SampleConfig:
             self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SampleConfig":
-        return _from_dict(cls, data, "sample config")
 
 
 @dataclass

@@ -19,6 +19,18 @@ def shared_file(name: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process torch work on one thread: small models gain nothing from more, and
+    tests that run beside each other (or beside a benchmark) do not oversubscribe the cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
 def isolated_data_dir(tmp_path_factory, monkeypatch) -> Path:
     """Each test gets its own data folder and token cache, and never touches the network."""
     folder = tmp_path_factory.mktemp("charlm-data")

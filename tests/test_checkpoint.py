@@ -30,14 +30,6 @@ from charlm.trainer import Trainer
 V = 13
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def model_config(**overrides) -> ModelConfig:
     options = dict(vocab_size=V, cell="lstm", layers=2, hidden=24, embed=16, dropout=0.0, tie_weights=False)
     options.update(overrides)

@@ -22,14 +22,6 @@ ALL_CELLS = list(CELLS) + ["rnn"]  # "rnn" is an alias of rnn-tanh
 V = 11  # vocabulary size used throughout
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_model(seed: int = 0, **overrides) -> RNNLM:
     options = dict(vocab_size=V, cell="lstm", layers=1, hidden=24, embed=16, dropout=0.0, tie_weights=False)
     options.update(overrides)

@@ -36,14 +36,6 @@ from charlm.trainer import EVAL_SEQ_LEN, Trainer, learning_rate
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ----- helpers --------------------------------------------------------------------------
 
 WORDS = "the a cat dog sat on mat ran far and then slept under warm sun while birds sang".split()

@@ -253,6 +253,8 @@ def train(ctx: click.Context, **options: Any) -> None:
     require_tokens(len(corpus.splits["train"]), train_config.batch_size, train_config.seq_len)
     if resume:
         _check_same_tokenizer(run_dir, corpus)
+        run_config.train = train_config  # the new stop limits and cadence hold for later resumes too
+        run_dir.write_config(run_config)
     else:
         model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_options)
         model_config.validate()
@@ -273,6 +275,10 @@ def train(ctx: click.Context, **options: Any) -> None:
                           on_event=reporter, should_stop=stop)
         if resume:
             trainer.resume()
+            done = trainer.stop_reason()
+            if done in ("max_steps", "max_time", "epochs"):
+                option = "--" + done.replace("_", "-")
+                raise CharlmError(f"the run already reached its {option} limit; give a larger {option} to continue")
         result = trainer.run()
 
     if result.reason == "interrupted":

@@ -180,7 +180,7 @@ class Trainer:
             fractions.append(self.epoch_progress() / self.max_epochs)
         return min(max(fractions), 1.0)
 
-    def _stop_reason(self) -> Optional[str]:
+    def stop_reason(self) -> Optional[str]:
         if self.max_steps is not None and self.step >= self.max_steps:
             return "max_steps"
         if self.max_time is not None and self.elapsed >= self.max_time:
@@ -262,7 +262,7 @@ class Trainer:
 
         reason = None
         while True:
-            reason = self._stop_reason()
+            reason = self.stop_reason()
             if reason:
                 break
             if self.window >= self.batcher.windows(self.epoch):

@@ -369,6 +369,22 @@ def test_resume_continues_to_a_higher_max_steps(shakespeare_path, tmp_path):
     assert read_config(out)["model"] == json.loads(config_before)["model"]
 
 
+def test_resume_keeps_new_limits_and_refuses_a_finished_run(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    first = run_cli("train", "--data", str(small_corpus), "--out", str(out), *SAFE, "--sample-length", "0")
+    assert first.returncode == 0, first.stderr
+    second = run_cli("train", "--out", str(out), "--resume", "--max-steps", "8", "--threads", "1")
+    assert second.returncode == 0, second.stderr
+    assert read_config(out)["train"]["max_steps"] == 8  # the raised limit is the run's limit now
+    weights = (out / "last" / "model.safetensors").read_bytes()
+
+    third = run_cli("train", "--out", str(out), "--resume", "--threads", "1")
+    error = assert_user_error(third.returncode, third.stdout, third.stderr, alone=False)
+    assert "--max-steps" in error and "already reached" in error
+    assert (out / "last" / "model.safetensors").read_bytes() == weights
+    assert end_event(out)["step"] == 8
+
+
 def test_resume_refuses_a_changed_model_option(existing_run):
     before = snapshot(existing_run)
     result = invoke("train", "--out", str(existing_run), "--resume", "--hidden", "64")

@@ -7,6 +7,7 @@ exit, no traceback. Options can also come from the environment as CHARLM_<COMMAN
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import click
+import torch
 
 from . import __version__
 from .batching import require_tokens
@@ -302,35 +304,100 @@ def _check_same_tokenizer(run_dir: RunDirectory, corpus) -> None:
         )
 
 
-def main() -> None:
-    cli(prog_name="charlm")
+def _unescape(text: str) -> str:
+    r"""Read \n, \t, \r and \\ in a command-line string as the characters they name."""
+    escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in escapes:
+            out.append(escapes[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 @cli.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
              "CHARLM_GENERATE_<OPTION>, e.g. CHARLM_GENERATE_TEMPERATURE=0.5.")
 @click.argument("run", type=click.Path(path_type=Path), metavar="RUN_DIR")
-@click.option("--prompt", "-p", default="", help="Text to continue (not repeated in the output).")
-@click.option("--length", "-n", type=int, default=500, help="Tokens to generate.")
+@click.option("--prompt", "-p", default="", help="Text to continue; it is printed before the continuation.")
+@click.option("--prompt-file", type=click.Path(path_type=Path, dir_okay=False), help="Read the prompt from a file.")
+@click.option("--max-tokens", "-n", type=int, default=500, help="Tokens to generate per sample.")
 @click.option("--temperature", type=float, default=SampleConfig.temperature, help="0 is greedy; higher is wilder.")
-@click.option("--top-k", type=int, help="Sample only from the k most likely tokens.")
-@click.option("--top-p", type=float, help="Sample only from the smallest set of tokens with this much probability.")
-@click.option("--seed", type=int, help="Random seed, for a repeatable sample.")
+@click.option("--greedy", is_flag=True, help="Always take the most likely token (same as --temperature 0).")
+@click.option("--top-k", type=int, help="Sample only from the k most likely tokens (clamped to the vocabulary).")
+@click.option("--top-p", type=float, help="Sample only from the smallest set of tokens with at least this probability.")
+@click.option("--num-samples", "-N", type=int, default=1, help="Samples to make, together as one batch.")
+@click.option("--seed", type=int, help="Random seed: the same seed gives the same text on the same machine and device.")
+@click.option("--stop", multiple=True, metavar="TEXT",
+              help=r"End a sample when this text appears (it is not printed); repeatable. \n, \t are read as escapes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample instead of plain text.")
 @click.option("--checkpoint", type=click.Choice(["auto", "best", "last"]), default="auto",
               help="Which weights: auto takes best, else last.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto")
-def generate(run: Path, prompt: str, length: int, temperature: float, top_k: Optional[int], top_p: Optional[float],
-             seed: Optional[int], checkpoint: str, device: str) -> None:
-    """Generate text from a trained run; the text streams to stdout."""
-    if length < 0:
-        raise CharlmError(f"--length must be 0 or more (got {length})")
-    sample_config = SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto picks CUDA when present.")
+@click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
+def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: int, temperature: float, greedy: bool,
+             top_k: Optional[int], top_p: Optional[float], num_samples: int, seed: Optional[int], stop: tuple[str, ...],
+             as_json: bool, checkpoint: str, device: str, threads: Optional[int]) -> None:
+    """Generate text from a trained run. Text streams to stdout; notices go to stderr."""
+    console = Console()
+    if prompt_file is not None:
+        if prompt:
+            raise CharlmError("give --prompt or --prompt-file, not both")
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CharlmError(f"--prompt-file: no such file: {prompt_file}") from None
+        except UnicodeDecodeError as exc:
+            raise CharlmError(f"--prompt-file: {prompt_file} is not UTF-8 (byte {exc.start}); convert it") from None
+    if max_tokens < 0:
+        raise CharlmError(f"--max-tokens must be 0 or more (got {max_tokens})")
+    if num_samples < 1:
+        raise CharlmError(f"--num-samples must be at least 1 (got {num_samples})")
+    if threads is not None and threads < 1:
+        raise CharlmError(f"--threads must be at least 1 (got {threads})")
+    sample_config = SampleConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p)
     sample_config.validate()
+    stops = [_unescape(s) for s in stop]
+    if any(not s for s in stops):
+        raise CharlmError("--stop needs some text")
+
     torch_device = resolve_device(device)
-    run_dir = RunDirectory(run)
-    config = run_dir.read_config()
-    tokenizer = run_dir.load_tokenizer()
-    model, _ = run_dir.load_model(checkpoint, device=torch_device, config=config)
-    generator = Generator(model, tokenizer, torch_device)
-    for text in generator.stream(prompt, length, sample_config, seed=seed):
-        Console.write_text(text)
-    Console.write_text("\n")
+    set_threads(threads)
+    generator = Generator(run, device=torch_device, checkpoint=checkpoint)
+    unknown = generator.unknown_in_prompt(prompt)
+    if unknown:
+        shown = ", ".join(repr(ch) for ch in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        console.warn(f"the model never saw {len(unknown)} prompt character(s): {shown}; they are left out")
+    if seed is None:
+        seed = int(torch.seed() % (1 << 31))
+    console.note(f"{generator.checkpoint} checkpoint of {run}; seed {seed}")
+
+    chunks = generator.stream_samples(prompt, num_samples, max_tokens, sample_config, seed, stops)
+    if as_json:
+        for _ in chunks:
+            pass
+        for index, result in enumerate(generator.last_results):
+            record = {"sample": index, "prompt": prompt, "text": result.text, "tokens": result.tokens,
+                      "finish": result.finish, "seed": seed}
+            Console.write_text(json.dumps(record, ensure_ascii=False) + "\n")
+        return
+
+    # The first sample streams live; the others are made alongside it and printed after it.
+    for index in range(num_samples):
+        if num_samples > 1:
+            Console.write_text(("\n" if index else "") + f"--- sample {index + 1} of {num_samples} ---\n")
+        Console.write_text(prompt)
+        if index == 0:
+            for sample, text in chunks:
+                if sample == 0:
+                    Console.write_text(text)
+        else:
+            Console.write_text(generator.last_results[index].text)
+        if not (prompt + generator.last_results[index].text).endswith("\n"):
+            Console.write_text("\n")
+
+
+def main() -> None:
+    cli(prog_name="charlm")

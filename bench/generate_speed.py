@@ -1,0 +1,88 @@
+"""Generation benchmark: tokens per second at batch 1 and batch 32 for a 2x512 LSTM.
+
+charlm's Generator (prompt primed in one pass, then the Stepper's hand-written cell steps,
+sampling, UTF-8 decoding and stop handling included) against a bare PyTorch loop measured in
+the same run: embedding -> nn.LSTM for one step -> linear -> softmax -> multinomial, under
+inference_mode. The ratio is the figure to watch; absolute numbers move with the machine.
+
+    python bench/generate_speed.py [--threads 2] [--tokens 400] [--json bench/results/generate_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from charlm.config import ModelConfig, SampleConfig
+from charlm.generate import Generator
+from charlm.model import RNNLM
+from charlm.tokenizer import CharTokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65
+
+
+def bare_loop(model: RNNLM, batch: int, tokens: int, seed: int) -> float:
+    """Seconds for `tokens` steps of the plain nn.LSTM loop people write first."""
+    rng = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        x = torch.zeros(batch, 1, dtype=torch.long)
+        state = None
+        started = time.perf_counter()
+        for _ in range(tokens):
+            out, state = model.rnn(model.embedding(x), state)
+            probs = torch.softmax(model.head(out[:, -1]) / 0.8, dim=-1)
+            x = torch.multinomial(probs, 1, generator=rng)
+        return time.perf_counter() - started
+
+
+def charlm_loop(generator: Generator, batch: int, tokens: int, seed: int) -> float:
+    started = time.perf_counter()
+    for _ in generator.stream_samples("\n", batch, tokens, SampleConfig(temperature=0.8), seed=seed):
+        pass
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=400, help="tokens per sample in each timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the best is kept")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "generate_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    tokenizer = CharTokenizer(ord(c) for c in ALPHABET)
+    model = RNNLM(ModelConfig(vocab_size=tokenizer.vocab_size, layers=2, hidden=512, embed=128)).eval()
+    generator = Generator(model, tokenizer)
+    rows = []
+    for batch in (1, 32):
+        bare_loop(model, batch, 20, 0)  # warm-up
+        charlm_loop(generator, batch, 20, 0)
+        bare = min(bare_loop(model, batch, args.tokens, r) for r in range(args.repeats))
+        ours = min(charlm_loop(generator, batch, args.tokens, r) for r in range(args.repeats))
+        rows.append({
+            "batch": batch,
+            "bare_tokens_per_s": round(batch * args.tokens / bare, 1),
+            "charlm_tokens_per_s": round(batch * args.tokens / ours, 1),
+            "speedup": round(bare / ours, 2),
+        })
+    print(f"2x512 LSTM, vocabulary {tokenizer.vocab_size}, {args.threads} threads, {args.tokens} tokens per sample")
+    print(f"{'batch':>5} {'bare PyTorch tok/s':>19} {'charlm tok/s':>13} {'speed-up':>9}")
+    for row in rows:
+        print(f"{row['batch']:>5} {row['bare_tokens_per_s']:>19,.0f} {row['charlm_tokens_per_s']:>13,.0f} "
+              f"{row['speedup']:>8.2f}x")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"threads": args.threads, "tokens": args.tokens, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

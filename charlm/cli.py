@@ -25,6 +25,7 @@ from .config import (
     DEFAULT_MAX_TIME_S,
     DEVICES,
     ENCODING_ERRORS,
+    MAX_SEED,
     PRECISIONS,
     SPM_MODEL_TYPES,
     TOKENIZERS,
@@ -170,7 +171,7 @@ def _given(ctx: click.Context, name: str) -> bool:
               help="auto: bf16 where the hardware has it (CUDA, or a CPU with AVX512-BF16/AMX), else fp32.")
 @click.option("--device", type=click.Choice(DEVICES), default=_T.device, help="auto picks CUDA when present.")
 @click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
-@click.option("--seed", type=int, default=_T.seed, help="Random seed.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED - 1), default=_T.seed, help="Random seed.")
 @click.option("--max-steps", type=int, help="Stop after this many steps.")
 @click.option("--max-time", type=float,
               help=f"Stop after this many seconds of training. With no stop option: {DEFAULT_MAX_TIME_S:g}.")
@@ -329,7 +330,8 @@ def _unescape(text: str) -> str:
 @click.option("--top-k", type=int, help="Sample only from the k most likely tokens (clamped to the vocabulary).")
 @click.option("--top-p", type=float, help="Sample only from the smallest set of tokens with at least this probability.")
 @click.option("--num-samples", "-N", type=int, default=1, help="Samples to make, together as one batch.")
-@click.option("--seed", type=int, help="Random seed: the same seed gives the same text on the same machine and device.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED - 1),
+              help="Random seed: the same seed gives the same text on the same machine and device.")
 @click.option("--stop", multiple=True, metavar="TEXT",
               help=r"End a sample when this text appears (it is not printed); repeatable. \n, \t are read as escapes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample instead of plain text.")

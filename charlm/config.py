@@ -8,6 +8,7 @@ option name a user would type, so the CLI and the library report the same thing.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 ENCODING_ERRORS = ("strict", "replace")
 
+MAX_SEED = 1 << 63
 # Used when the user sets none of --max-steps, --max-time, --epochs.
 DEFAULT_MAX_TIME_S = 300.0
 
@@ -168,6 +170,7 @@ class TrainConfig(_Options):
         _check(self.grad_clip >= 0, "grad_clip", f"must be 0 (off) or more (got {self.grad_clip})")
         _check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+        _check(0 <= self.seed < MAX_SEED, "seed", f"must be from 0 to {MAX_SEED - 1} (got {self.seed})")
         _check(self.threads is None or self.threads >= 1, "threads", f"must be at least 1 (got {self.threads})")
         _check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1 (got {self.max_steps})")
         _check(self.max_time is None or self.max_time > 0, "max_time", f"must be positive (got {self.max_time})")
@@ -196,7 +199,11 @@ class SampleConfig(_Options):
 
     def validate(self) -> None:
         _check_types(self)
-        _check(self.temperature >= 0, "temperature", f"must be 0 (greedy) or more (got {self.temperature})")
+        _check(
+            self.temperature >= 0 and math.isfinite(self.temperature),
+            "temperature",
+            f"must be 0 (greedy) or a finite positive number (got {self.temperature})",
+        )
         _check(self.top_k is None or self.top_k >= 1, "top_k", f"must be at least 1 (got {self.top_k})")
         _check(
             self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})"

@@ -35,7 +35,9 @@ from .utf8 import Utf8Guard, needs_guard
 class StopScanner:
     """Finds stop strings in streamed text; holds back a tail that may begin one."""
 
-    def __init__(self, stops: Sequence[str]):
+    def __init__(self, stops: Union[str, Sequence[str]]):
+        if isinstance(stops, str):  # one stop string, not a sequence of one-character ones
+            stops = [stops]
         self.stops = [s for s in stops if s]
         self.pending = ""
 
@@ -139,7 +141,7 @@ class Generator:
         max_tokens: int = 200,
         config: Optional[SampleConfig] = None,
         seed: Optional[int] = None,
-        stop: Sequence[str] = (),
+        stop: Union[str, Sequence[str]] = (),
     ) -> Iterator[tuple[int, str]]:
         """Yield (sample index, text) chunks as the B = num_samples samples are made together.
 
@@ -213,7 +215,7 @@ class Generator:
         max_tokens: int = 200,
         config: Optional[SampleConfig] = None,
         seed: Optional[int] = None,
-        stop: Sequence[str] = (),
+        stop: Union[str, Sequence[str]] = (),
     ) -> Iterator[str]:
         """Yield the continuation of prompt as it is made (the prompt itself is not repeated)."""
         for _, text in self.stream_samples(prompt, 1, max_tokens, config, seed, stop):
@@ -225,7 +227,7 @@ class Generator:
         max_tokens: int = 200,
         config: Optional[SampleConfig] = None,
         seed: Optional[int] = None,
-        stop: Sequence[str] = (),
+        stop: Union[str, Sequence[str]] = (),
     ) -> str:
         """The continuation of prompt."""
         return self.generate_samples(prompt, 1, max_tokens, config, seed, stop)[0]
@@ -237,7 +239,7 @@ class Generator:
         max_tokens: int = 200,
         config: Optional[SampleConfig] = None,
         seed: Optional[int] = None,
-        stop: Sequence[str] = (),
+        stop: Union[str, Sequence[str]] = (),
     ) -> list[str]:
         """num_samples continuations of prompt, made together as one batch."""
         for _ in self.stream_samples(prompt, num_samples, max_tokens, config, seed, stop):

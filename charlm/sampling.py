@@ -14,7 +14,8 @@ def next_token(logits: torch.Tensor, config: SampleConfig, generator: Optional[t
     logits = logits.float()
     if config.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / config.temperature
+    # subtract the maximum first: a tiny temperature then tends to greedy instead of overflowing
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / config.temperature
     if config.top_k is not None and config.top_k < logits.shape[-1]:
         kth = torch.topk(logits, config.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -30,7 +30,11 @@ LayerState = list[torch.Tensor]  # per layer: h (B, H); for LSTM also c, as [h0,
 
 
 class Stepper:
-    """Fast single-step inference over a trained RNNLM's weights (which it shares, not copies)."""
+    """Fast single-step inference over a trained RNNLM's weights.
+
+    It reads the model's weight tensors in place, but the folded biases and the layer-0
+    input table are computed once here: build a new Stepper after changing the weights.
+    """
 
     def __init__(self, model: RNNLM):
         self.model = model

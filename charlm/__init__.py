@@ -6,7 +6,7 @@ from .checkpoint import RunDirectory  # noqa: E402
 from .config import ModelConfig, RunConfig, SampleConfig, TrainConfig  # noqa: E402
 from .corpus import PreparedCorpus, prepare_corpus  # noqa: E402
 from .errors import CharlmError  # noqa: E402
-from .evaluate import EvalResult, evaluate  # noqa: E402
+from .evaluate import Score, score_sequences, score_tokens  # noqa: E402
 from .generate import Generator  # noqa: E402
 from .model import RNNLM  # noqa: E402
 from .tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: E402
@@ -17,7 +17,6 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "CharlmError",
-    "EvalResult",
     "Generator",
     "ModelConfig",
     "PreparedCorpus",
@@ -25,11 +24,13 @@ __all__ = [
     "RunConfig",
     "RunDirectory",
     "SampleConfig",
+    "Score",
     "SentencePieceTokenizer",
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "evaluate",
     "load_tokenizer",
     "prepare_corpus",
+    "score_sequences",
+    "score_tokens",
 ]

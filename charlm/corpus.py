@@ -22,6 +22,7 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +36,31 @@ from .errors import CharlmError
 from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, token_dtype
 
 READ_CHUNK_BYTES = 4 << 20
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 SPLITS = ("train", "val", "test")
 # A file is taken for binary (and skipped inside a folder) when its first block has a NUL byte.
 BINARY_SNIFF_BYTES = 8192
+
+
+_WORD = re.compile(r"\S+")
+
+
+class TextCounter:
+    """Characters, UTF-8 bytes and whitespace-separated words of a text fed in chunks."""
+
+    def __init__(self) -> None:
+        self.chars = self.bytes = self.words = 0
+        self._in_word = False
+
+    def add(self, chunk: str) -> None:
+        if not chunk:
+            return
+        self.chars += len(chunk)
+        self.bytes += len(chunk.encode("utf-8", errors="surrogatepass"))
+        self.words += len(_WORD.findall(chunk))
+        if self._in_word and not chunk[0].isspace():
+            self.words -= 1  # one word cut in two by the chunk boundary
+        self._in_word = not chunk[-1].isspace()
 
 
 @dataclass
@@ -237,6 +259,8 @@ class PreparedCorpus:
     splits: dict[str, np.ndarray]
     chars: dict[str, int]
     bytes: dict[str, int]
+    words: dict[str, int]
+    unknown: dict[str, int]
     label: str
     cache_dir: Path
     from_cache: bool
@@ -335,6 +359,8 @@ def prepare_corpus(
         splits=splits,
         chars=meta["chars"],
         bytes=meta["bytes"],
+        words=meta["words"],
+        unknown=meta["unknown"],
         label=main.label,
         cache_dir=folder,
         from_cache=from_cache,
@@ -379,22 +405,23 @@ def _build_cache(folder, main, val_source, test_source, key_fields, threads, sta
     try:
         tok.save(work)
         dtype = token_dtype(tok.vocab_size)
-        tokens, chars, nbytes, unknown = {}, {}, {}, {}
+        tokens, chars, nbytes, unknown, words = {}, {}, {}, {}, {}
         for name in SPLITS:
             plan = plans[name]
             writer = _TokenFileWriter(work, name, dtype)
-            n_chars = n_bytes = n_unknown = 0
+            counter = TextCounter()
+            n_unknown = 0
             if plan is not None:
                 stage(f"encoding the {name} split")
                 for chunk in _newline_chunks(plan.iter_text(errors)):
                     ids = tok.encode(chunk)
                     writer.append(ids)
-                    n_chars += len(chunk)
-                    n_bytes += len(chunk.encode("utf-8", errors="surrogatepass"))
+                    counter.add(chunk)
                     if tok.unk_id is not None:
                         n_unknown += int(np.count_nonzero(ids == tok.unk_id))
             writer.close()
-            tokens[name], chars[name], nbytes[name], unknown[name] = writer.count, n_chars, n_bytes, n_unknown
+            tokens[name], chars[name], nbytes[name], unknown[name] = writer.count, counter.chars, counter.bytes, n_unknown
+            words[name] = counter.words
         meta = {
             "key": key_fields,
             "label": main.label,
@@ -404,6 +431,7 @@ def _build_cache(folder, main, val_source, test_source, key_fields, threads, sta
             "tokens": tokens,
             "chars": chars,
             "bytes": nbytes,
+            "words": words,
             "unknown": unknown,
         }
         atomic_write_bytes(work / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())

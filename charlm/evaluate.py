@@ -1,73 +1,197 @@
-"""Streaming negative log-likelihood of a token array under a model, in honest units.
+"""Scoring text under a model: total negative log-likelihood, in units that compare.
 
-The array is cut into lanes (see batching.py) and run window by window with the state
-carried across windows, exactly as in training but without gradients. The result is the
-mean NLL in nats per scored token; `bits_per_char` and `bits_per_byte` turn it into units
-that compare across tokenizers, given how many characters and bytes the tokens stand for.
+The method (used both for validation during training and by `charlm perplexity`):
+
+  * Every token of the text is scored. The first one is predicted after a context token
+    (a newline, or what the generator starts from), which is itself not scored, so a text
+    of N tokens gives exactly N predictions, whatever the tokenizer.
+  * The stream [context, t0, t1, ..., tN-1] is cut into B lanes of S = N // B predictions;
+    lane b predicts t[b*S .. b*S+S-1], reading the token before each one, so it starts
+    from a zero state but with its previous token as input (a context reset: earlier text
+    is not seen). The N - B*S tokens left over continue the last lane with its state. With
+    B = 1 every token is conditioned on all the text before it.
+  * Each lane runs in windows of T tokens with the state carried across windows, so the
+    result does not depend on T (beyond float rounding).
+
+Units, from the total NLL in nats over the scored text:
+    loss (nats/token) = NLL / tokens          perplexity = exp(loss)
+    bits/char         = NLL / (chars * ln 2)  bits/byte  = NLL / (UTF-8 bytes * ln 2)
+    word perplexity   = exp(NLL / words), words = whitespace-separated runs
+Figures are averaged as NLL sums, never as perplexities.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .batching import lane_views, to_long_tensor
 from .hardware import autocast
 from .model import detach_state
 
+DEFAULT_LANES = 16
+DEFAULT_WINDOW = 256
+
 
 @dataclass
-class EvalResult:
-    loss: float  # nats per token
-    tokens: int  # tokens scored
+class Score:
+    """What a text scored: sizes, the total NLL, and the units derived from them."""
+
+    nll: float  # total negative log-likelihood, nats
+    tokens: int
+    chars: int = 0
+    bytes: int = 0
+    words: int = 0
+    unknown: int = 0  # tokens scored as the unknown symbol
+    lanes: int = 1
+    context_resets: int = 0
+
+    @property
+    def loss(self) -> float:
+        """Mean NLL in nats per token."""
+        return self.nll / self.tokens if self.tokens else float("nan")
 
     @property
     def perplexity(self) -> float:
-        return math.exp(min(self.loss, 700.0))
+        return math.exp(min(self.loss, 700.0)) if self.tokens else float("nan")
 
     @property
     def bits_per_token(self) -> float:
         return self.loss / math.log(2)
 
-    def bits_per_char(self, split_tokens: int, split_chars: int) -> float:
-        return self.loss * split_tokens / max(split_chars, 1) / math.log(2)
+    @property
+    def bits_per_char(self) -> float:
+        return self.nll / (self.chars * math.log(2)) if self.chars else float("nan")
 
-    def bits_per_byte(self, split_tokens: int, split_bytes: int) -> float:
-        return self.loss * split_tokens / max(split_bytes, 1) / math.log(2)
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / (self.bytes * math.log(2)) if self.bytes else float("nan")
+
+    @property
+    def word_perplexity(self) -> float:
+        return math.exp(min(self.nll / self.words, 700.0)) if self.words else float("nan")
+
+    def to_dict(self) -> dict:
+        return {
+            "tokens": self.tokens,
+            "chars": self.chars,
+            "bytes": self.bytes,
+            "words": self.words,
+            "unknown": self.unknown,
+            "nll_nats": self.nll,
+            "loss_nats_per_token": self.loss,
+            "perplexity": self.perplexity,
+            "bits_per_char": self.bits_per_char,
+            "bits_per_byte": self.bits_per_byte,
+            "word_perplexity": self.word_perplexity,
+            "lanes": self.lanes,
+            "context_resets": self.context_resets,
+        }
+
+
+def _gather(tokens: np.ndarray, context_id: int, positions: np.ndarray) -> torch.Tensor:
+    """tokens[positions] as int64, where position -1 is the context token."""
+    out = np.asarray(tokens[np.maximum(positions, 0)], dtype=np.int64)
+    out[positions < 0] = context_id
+    return torch.from_numpy(out)
 
 
 @torch.no_grad()
-def evaluate(
+def score_tokens(
     model: torch.nn.Module,
     tokens: np.ndarray,
-    batch_size: int = 16,
-    seq_len: int = 256,
+    context_id: int,
+    lanes: int = DEFAULT_LANES,
+    window: int = DEFAULT_WINDOW,
     device: torch.device = torch.device("cpu"),
     precision: str = "fp32",
-) -> EvalResult:
-    """Mean NLL over tokens; the first token of each lane has no context and is not scored."""
-    if len(tokens) < 2:
-        return EvalResult(loss=float("nan"), tokens=0)
-    lanes = max(1, min(batch_size, (len(tokens) - 1) // max(seq_len, 1)))
-    x_all, y_all = lane_views(tokens, lanes)
+) -> Score:
+    """Total NLL of every token of `tokens` (see the module docstring for the method)."""
+    n = len(tokens)
+    if n == 0:
+        return Score(nll=0.0, tokens=0)
+    lanes = max(1, min(lanes, n))
+    span = n // lanes  # predictions per lane; the remainder continues the last lane
     was_training = model.training
     model.eval()
-    state = None
     total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+    starts = np.arange(lanes, dtype=np.int64)[:, None] * span  # (B, 1) first prediction of each lane
+    state = None
     try:
-        for start in range(0, x_all.shape[1], seq_len):
-            x = to_long_tensor(x_all[:, start : start + seq_len]).to(device, non_blocking=True)
-            y = to_long_tensor(y_all[:, start : start + seq_len]).to(device, non_blocking=True)
+        for begin in range(0, span, window):
+            offsets = np.arange(begin, min(begin + window, span), dtype=np.int64)[None, :]
+            targets = starts + offsets  # (B, T) positions predicted
+            x = _gather(tokens, context_id, targets - 1).to(device, non_blocking=True)
+            y = _gather(tokens, context_id, targets).to(device, non_blocking=True)
             with autocast(device, precision):
                 logits, state = model(x, state)
             total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
-            count += y.numel()
             state = detach_state(state)
+        if lanes * span < n:  # the tail continues the last lane, whose state it needs
+            if state is None:
+                last_state = None
+            elif isinstance(state, tuple):
+                last_state = tuple(s[:, -1:].contiguous() for s in state)
+            else:
+                last_state = state[:, -1:].contiguous()
+            for begin in range(lanes * span, n, window):
+                targets = np.arange(begin, min(begin + window, n), dtype=np.int64)[None, :]
+                x = _gather(tokens, context_id, targets - 1).to(device)
+                y = _gather(tokens, context_id, targets).to(device)
+                with autocast(device, precision):
+                    logits, last_state = model(x, last_state)
+                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+                last_state = detach_state(last_state)
     finally:
         model.train(was_training)
-    return EvalResult(loss=float(total) / count, tokens=count)
+    resets = lanes - 1 if span > 0 else 0
+    return Score(nll=float(total), tokens=n, lanes=lanes if span > 0 else 1, context_resets=resets)
+
+
+@torch.no_grad()
+def score_sequences(
+    model: torch.nn.Module,
+    sequences: Sequence[np.ndarray],
+    context_id: int,
+    batch_size: int = 64,
+    window: int = DEFAULT_WINDOW,
+    device: torch.device = torch.device("cpu"),
+    precision: str = "fp32",
+) -> list[float]:
+    """Total NLL of each sequence on its own, from a fresh state (padded batches, by length)."""
+    results = [0.0] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    was_training = model.training
+    model.eval()
+    try:
+        for first in range(0, len(order), batch_size):
+            group = [i for i in order[first : first + batch_size] if len(sequences[i])]
+            if not group:
+                continue
+            longest = max(len(sequences[i]) for i in group)
+            x = torch.full((len(group), longest), context_id, dtype=torch.long)
+            y = torch.full((len(group), longest), -100, dtype=torch.long)  # -100: padding, not scored
+            for row, i in enumerate(group):
+                seq = torch.from_numpy(np.asarray(sequences[i], dtype=np.int64))
+                x[row, 1 : len(seq)] = seq[:-1]
+                y[row, : len(seq)] = seq
+            x, y = x.to(device), y.to(device)
+            sums = torch.zeros(len(group), dtype=torch.float64, device=device)
+            state = None
+            for begin in range(0, longest, window):
+                with autocast(device, precision):
+                    logits, state = model(x[:, begin : begin + window], state)
+                nll = F.cross_entropy(
+                    logits.float().transpose(1, 2), y[:, begin : begin + window], reduction="none", ignore_index=-100
+                )  # (B, T)
+                sums += nll.double().sum(dim=1)
+                state = detach_state(state)
+            for row, i in enumerate(group):
+                results[i] = float(sums[row])
+    finally:
+        model.train(was_training)
+    return results

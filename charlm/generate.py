@@ -28,7 +28,7 @@ from .errors import CharlmError
 from .model import RNNLM
 from .sampling import next_token
 from .stepper import Stepper
-from .tokenizer import StreamDecoder, Tokenizer
+from .tokenizer import StreamDecoder, Tokenizer, context_token_id
 from .utf8 import Utf8Guard, needs_guard
 
 
@@ -113,14 +113,7 @@ class Generator:
         ids = self.tokenizer.encode(prompt).tolist() if prompt else []
         if self.tokenizer.kind == "char":
             ids = [i for i in ids if i != unk]
-        if ids:
-            return ids
-        # No usable prompt: start as if after a line break, else a space, else any known symbol.
-        for start in ("\n", " "):
-            start_ids = self.tokenizer.encode(start).tolist()
-            if start_ids and (unk is None or start_ids[0] != unk or self.tokenizer.kind != "char"):
-                return start_ids[:1]
-        return [1 if unk == 0 and self.tokenizer.vocab_size > 1 else 0]
+        return ids or [context_token_id(self.tokenizer)]
 
     def _forbidden_base(self) -> Optional[torch.Tensor]:
         """(V,) True for tokens never to emit: the unknown symbol and control pieces."""

@@ -359,6 +359,18 @@ def build_tokenizer(
     raise CharlmError(f"--tokenizer must be one of char, byte, sentencepiece (got {kind!r})")
 
 
+def context_token_id(tokenizer: Tokenizer) -> int:
+    """The token text is read as following when nothing precedes it: a newline, else a
+    space, else the first known symbol. Generation starts from it and scoring conditions
+    the first token on it, for every tokenizer alike."""
+    unk = tokenizer.unk_id
+    for text in ("\n", " "):
+        ids = tokenizer.encode(text)
+        if len(ids) and int(ids[0]) != unk:
+            return int(ids[0])
+    return 1 if unk == 0 and tokenizer.vocab_size > 1 else 0
+
+
 def load_tokenizer(directory: Union[str, Path]) -> Tokenizer:
     """Load the tokenizer saved in a run directory."""
     directory = Path(directory)

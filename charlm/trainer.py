@@ -31,12 +31,12 @@ from .checkpoint import BEST, LAST, RunDirectory
 from .config import ModelConfig, TrainConfig
 from .corpus import PreparedCorpus
 from .errors import CharlmError
-from .evaluate import evaluate
+from .evaluate import DEFAULT_WINDOW, score_tokens
 from .hardware import autocast
 from .model import RNNLM, detach_state, state_from_tensors, state_tensors
+from .tokenizer import context_token_id
 
 STATE_FORMAT = 1
-EVAL_SEQ_LEN = 256
 
 
 @dataclass
@@ -98,6 +98,7 @@ class Trainer:
             corpus.splits["train"], config.batch_size, config.seq_len, seed=config.seed, random_offset=config.random_offset
         )
         self.val_tokens = corpus.splits["val"]
+        self.context_id = context_token_id(corpus.tokenizer)
         self.max_steps, self.max_time, self.max_epochs = config.stop_limits()
 
         # position and history; all of it goes into the trainer state
@@ -192,31 +193,33 @@ class Trainer:
         return None
 
     def validate(self) -> Optional[float]:
-        """Evaluate on the validation split; returns the loss and whether it is the best."""
-        if len(self.val_tokens) < 2:
+        """Score the validation split (evaluate.py's method, in fp32); returns the loss."""
+        if len(self.val_tokens) == 0:
             return None
-        result = evaluate(
-            self.model, self.val_tokens, self.config.eval_batch_size, EVAL_SEQ_LEN, self.device, self.precision
-        )
-        split_tokens = len(self.val_tokens)
-        improved = self.best_val_loss is None or result.loss < self.best_val_loss
-        self.last_val_loss = result.loss
+        score = score_tokens(self.model, self.val_tokens, self.context_id, self.config.eval_batch_size,
+                             DEFAULT_WINDOW, self.device, "fp32")
+        score.chars, score.bytes = self.corpus.chars["val"], self.corpus.bytes["val"]
+        score.words, score.unknown = self.corpus.words["val"], self.corpus.unknown["val"]
+        improved = self.best_val_loss is None or score.loss < self.best_val_loss
+        self.last_val_loss = score.loss
         if improved:
-            self.best_val_loss = result.loss
+            self.best_val_loss = score.loss
         self._emit(
             {
                 "event": "eval",
                 "split": "val",
                 "step": self.step,
                 "elapsed": round(self.elapsed, 3),
-                "loss": result.loss,
-                "bpc": result.bits_per_char(split_tokens, self.corpus.chars["val"]),
-                "bpb": result.bits_per_byte(split_tokens, self.corpus.bytes["val"]),
-                "perplexity": result.perplexity,
+                "loss": score.loss,
+                "bpc": score.bits_per_char,
+                "bpb": score.bits_per_byte,
+                "perplexity": score.perplexity,
+                "word_perplexity": score.word_perplexity,
+                "tokens": score.tokens,
                 "best": improved,
             }
         )
-        return result.loss
+        return score.loss
 
     def _evaluate_and_checkpoint(self) -> None:
         previous_best = self.best_val_loss

@@ -27,11 +27,12 @@ from charlm.checkpoint import BEST, LAST, METRICS_FILE, STATE_FILE, RunDirectory
 from charlm.config import ModelConfig, RunConfig, SampleConfig, TrainConfig
 from charlm.corpus import PreparedCorpus, prepare_corpus
 from charlm.errors import CharlmError
-from charlm.evaluate import evaluate
+from charlm.evaluate import DEFAULT_WINDOW, score_tokens
+from charlm.tokenizer import context_token_id
 from charlm.generate import Generator
 from charlm.hardware import cpu_supports_bf16
 from charlm.model import state_tensors
-from charlm.trainer import EVAL_SEQ_LEN, Trainer, learning_rate
+from charlm.trainer import Trainer, learning_rate
 
 CPU = torch.device("cpu")
 
@@ -436,9 +437,10 @@ def test_events_in_metrics_file_are_consistent(tmp_path):
     assert end["best_val_loss"] == min(e["loss"] for e in evals) == result.best_val_loss
     assert end["last_val_loss"] == evals[-1]["loss"]
 
-    # the eval loss is what evaluate() gives for the saved weights
+    # the eval loss is what score_tokens() gives for the saved weights
     model, _ = RunDirectory(run_path).load_model(LAST)
-    again = evaluate(model, corpus.splits["val"], trainer.config.eval_batch_size, EVAL_SEQ_LEN)
+    again = score_tokens(model, corpus.splits["val"], context_token_id(corpus.tokenizer),
+                         trainer.config.eval_batch_size, DEFAULT_WINDOW)
     assert again.loss == pytest.approx(evals[-1]["loss"], rel=1e-6)
 
 
@@ -475,7 +477,8 @@ def test_best_checkpoint_only_moves_when_validation_improves(tmp_path):
     best_model, _ = run.load_model(BEST)
     last_model, _ = run.load_model(LAST)
     assert not same_weights(best_model, last_model)
-    again = evaluate(best_model, corpus.splits["val"], trainer.config.eval_batch_size, EVAL_SEQ_LEN)
+    again = score_tokens(best_model, corpus.splits["val"], context_token_id(corpus.tokenizer),
+                         trainer.config.eval_batch_size, DEFAULT_WINDOW)
     assert again.loss == pytest.approx(result.best_val_loss, rel=1e-6)
     for e in of_kind(events, "checkpoint"):
         assert (BEST in e["which"]) == (e["step"] in [v["step"] for v in evals if v["best"]])

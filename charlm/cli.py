@@ -34,10 +34,11 @@ from .config import (
     SampleConfig,
     TrainConfig,
 )
-from .console import Console, TrainReporter
+from .console import Console, TrainReporter, print_line_scores, print_score
 from .corpora import DEFAULT_CORPUS, resolve_default_corpus
-from .corpus import TextSource, prepare_corpus
+from .corpus import TextSource, newline_chunks, prepare_corpus, resolve_source
 from .errors import CharlmError
+from .evaluate import DEFAULT_LANES, DEFAULT_WINDOW, Scorer
 from .generate import Generator
 from .hardware import resolve_device, resolve_precision, set_threads
 from .trainer import Trainer
@@ -399,6 +400,113 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
             Console.write_text(generator.last_results[index].text)
         if not (prompt + generator.last_results[index].text).endswith("\n"):
             Console.write_text("\n")
+
+
+@cli.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
+             "CHARLM_PERPLEXITY_<OPTION>. Units are defined in the README.")
+@click.argument("run", type=click.Path(path_type=Path), metavar="RUN_DIR")
+@click.option("--data", "-d", metavar="PATH|-", help="Text to score: a file, a folder, or - for stdin. "
+              "Default: the run's own test split, else its validation split.")
+@click.option("--split", type=click.Choice(["auto", "val", "test"]), default="auto",
+              help="Which of the run's splits to score when --data is not given.")
+@click.option("--per-line", is_flag=True, help="Score each line on its own, from a fresh state.")
+@click.option("--field", metavar="NAME", help="With --per-line: read JSON lines and score this field of each.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object, or one per line with --per-line).")
+@click.option("--lanes", type=int, default=DEFAULT_LANES,
+              help="Parallel lanes; each after the first is a context reset. 1: every token sees all before it.")
+@click.option("--window", type=int, default=DEFAULT_WINDOW, help="Tokens per step of each lane (does not change the result).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="bf16 is faster on some CPUs.")
+@click.option("--encoding-errors", type=click.Choice(ENCODING_ERRORS), default="strict",
+              help="What to do with bytes that are not UTF-8 in --data.")
+@click.option("--checkpoint", type=click.Choice(["auto", "best", "last"]), default="auto",
+              help="Which weights: auto takes best, else last.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto picks CUDA when present.")
+@click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
+def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field: Optional[str], as_json: bool,
+               lanes: int, window: int, precision: str, encoding_errors: str, checkpoint: str, device: str,
+               threads: Optional[int]) -> None:
+    """Score text with a trained run: nats/token, perplexity, bits per char and per byte."""
+    console = Console()
+    if threads is not None and threads < 1:
+        raise CharlmError(f"--threads must be at least 1 (got {threads})")
+    if field and not per_line:
+        raise CharlmError("--field goes with --per-line")
+    if per_line and data is None:
+        raise CharlmError("--per-line needs --data, the lines to score")
+    torch_device = resolve_device(device)
+    precision = resolve_precision(precision, torch_device)
+    set_threads(threads)
+    scorer = Scorer(run, device=torch_device, precision=precision, checkpoint=checkpoint, lanes=lanes, window=window)
+    console.note(f"{scorer.checkpoint} checkpoint of {run}; {scorer.tokenizer.kind} tokenizer; {precision}")
+
+    if per_line:
+        lines = _read_lines(data, field, encoding_errors)
+        scores = scorer.score_lines([text for _, text in lines])
+        if as_json:
+            for (number, text), score in zip(lines, scores):
+                Console.write_text(json.dumps({"line": number, **score.to_dict()}) + "\n")
+        else:
+            print_line_scores(lines, scores)
+        _warn_unknown(console, sum(s.unknown for s in scores))
+        return
+
+    if data is None:
+        label, score = scorer.score_split(split)
+        label = f"{label} split of {run}"
+    else:
+        label = "stdin" if data == "-" else data
+        score = scorer.score_text(_read_text(data, encoding_errors))
+    method = (f"{score.lanes} lane{'s' if score.lanes != 1 else ''} ({score.context_resets} context resets), "
+              f"windows of {window}, state carried; the first token follows a newline")
+    if as_json:
+        Console.write_text(json.dumps({"text": label, **score.to_dict(), "method": method}) + "\n")
+    else:
+        print_score(label, score, method)
+    _warn_unknown(console, score.unknown)
+
+
+def _warn_unknown(console: Console, unknown: int) -> None:
+    if unknown:
+        console.warn(f"{unknown:,} character(s) are not in the model's vocabulary; they were scored as the "
+                     "unknown symbol, which the model never predicts well")
+
+
+def _read_text(data: str, errors: str) -> list[str]:
+    """The text of --data as chunks cut at newlines (a file, a folder, or - for stdin)."""
+    if data == "-":
+        raw = sys.stdin.buffer.read()
+        try:
+            text = raw.decode("utf-8", errors=errors)
+        except UnicodeDecodeError as exc:
+            raise CharlmError(f"stdin: byte {exc.start} is not valid UTF-8; pass --encoding-errors replace") from None
+        return [text]
+    source = resolve_source(data, "--data")
+    return list(newline_chunks(source.iter_text(errors)))
+
+
+def _read_lines(data: str, field: Optional[str], errors: str) -> list[tuple[int, str]]:
+    """(line number, text) for each line of --data; with --field, that field of each JSON line."""
+    text = "".join(_read_text(data, errors))
+    lines = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line[:-1] if line.endswith("\r") else line
+        if field:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                value = record[field]
+            except (ValueError, KeyError, TypeError):
+                raise CharlmError(f"--data line {number} is not a JSON object with a {field!r} field") from None
+            if not isinstance(value, str):
+                raise CharlmError(f"--data line {number}: field {field!r} is not text")
+            line = value
+        lines.append((number, line))
+    if lines and lines[-1][1] == "" and text.endswith("\n") and not field:
+        lines.pop()  # the final newline ends the last line; it does not start another
+    if not any(line for _, line in lines):
+        raise CharlmError("nothing to score: --data has no text")
+    return lines
 
 
 def main() -> None:

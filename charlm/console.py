@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from rich.console import Console as RichConsole
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 from rich.text import Text
 
 PROGRESS_UNITS = 1000
@@ -161,3 +162,48 @@ class TrainReporter:
         self.console.info(
             f"stopped at step {e['step']:,} after {_duration(e['elapsed'])}: {reasons.get(e['reason'], e['reason'])}{best_text}"
         )
+
+
+def _stdout_console() -> RichConsole:
+    return RichConsole(highlight=False, soft_wrap=False)
+
+
+def print_score(label: str, score: Any, method: str) -> None:
+    """A text's scores as a two-column table on stdout."""
+    table = Table(title=Text(f"scores for {label}"), show_header=False, box=None, padding=(0, 2))
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    rows = [
+        ("tokens scored", f"{score.tokens:,}"),
+        ("characters", f"{score.chars:,}"),
+        ("UTF-8 bytes", f"{score.bytes:,}"),
+        ("words", f"{score.words:,}"),
+        ("loss (nats/token)", f"{score.loss:.4f}"),
+        ("perplexity (per token)", f"{score.perplexity:.3f}"),
+        ("bits per character", f"{score.bits_per_char:.4f}"),
+        ("bits per byte", f"{score.bits_per_byte:.4f}"),
+        ("word perplexity", f"{score.word_perplexity:.2f}"),
+    ]
+    if score.unknown:
+        rows.append(("unknown symbols", f"{score.unknown:,}"))
+    for name, value in rows:
+        table.add_row(Text(name), Text(value))
+    out = _stdout_console()
+    out.print(table)
+    out.print(Text(f"method: {method}", style="dim"), soft_wrap=True)
+
+
+def print_line_scores(lines: list[tuple[int, str]], scores: list[Any], preview: int = 40) -> None:
+    """One row per scored line on stdout."""
+    table = Table(box=None, padding=(0, 1))
+    for name, justify in (("line", "right"), ("tokens", "right"), ("nats/token", "right"),
+                          ("bits/char", "right"), ("perplexity", "right"), ("text", "left")):
+        table.add_column(name, justify=justify)
+    for (number, text), score in zip(lines, scores):
+        shown = text if len(text) <= preview else text[: preview - 1] + "…"
+        if not score.tokens:
+            table.add_row(str(number), "0", "-", "-", "-", Text(shown))
+            continue
+        table.add_row(str(number), f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.bits_per_char:.4f}",
+                      f"{score.perplexity:.2f}", Text(shown))
+    _stdout_console().print(table)

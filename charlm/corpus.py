@@ -218,7 +218,7 @@ def _slice_stream(chunks: Iterator[str], start: int, end: int) -> Iterator[str]:
             return
 
 
-def _newline_chunks(chunks: Iterator[str], limit: int = 1 << 22) -> Iterator[str]:
+def newline_chunks(chunks: Iterator[str], limit: int = 1 << 22) -> Iterator[str]:
     """Regroup chunks so each ends after a newline where one is near: SentencePiece encodes
     line by line, so a line must not be cut between two chunks."""
     carry = ""
@@ -413,7 +413,7 @@ def _build_cache(folder, main, val_source, test_source, key_fields, threads, sta
             n_unknown = 0
             if plan is not None:
                 stage(f"encoding the {name} split")
-                for chunk in _newline_chunks(plan.iter_text(errors)):
+                for chunk in newline_chunks(plan.iter_text(errors)):
                     ids = tok.encode(chunk)
                     writer.append(ids)
                     counter.add(chunk)

@@ -5,7 +5,8 @@ The method (used both for validation during training and by `charlm perplexity`)
   * Every token of the text is scored. The first one is predicted after a context token
     (a newline, or what the generator starts from), which is itself not scored, so a text
     of N tokens gives exactly N predictions, whatever the tokenizer.
-  * The stream [context, t0, t1, ..., tN-1] is cut into B lanes of S = N // B predictions;
+  * The stream [context, t0, t1, ..., tN-1] is cut into B lanes (at most one per 1,000
+    tokens) of S = N // B predictions;
     lane b predicts t[b*S .. b*S+S-1], reading the token before each one, so it starts
     from a zero state but with its previous token as input (a context reset: earlier text
     is not seen). The N - B*S tokens left over continue the last lane with its state. With
@@ -24,17 +25,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .corpus import TextCounter
+from .errors import CharlmError
 from .hardware import autocast
 from .model import detach_state
+from .tokenizer import context_token_id
 
 DEFAULT_LANES = 16
 DEFAULT_WINDOW = 256
+MIN_LANE_TOKENS = 1000
 
 
 @dataclass
@@ -109,12 +115,16 @@ def score_tokens(
     window: int = DEFAULT_WINDOW,
     device: torch.device = torch.device("cpu"),
     precision: str = "fp32",
+    min_lane_tokens: int = MIN_LANE_TOKENS,
 ) -> Score:
-    """Total NLL of every token of `tokens` (see the module docstring for the method)."""
+    """Total NLL of every token of `tokens` (see the module docstring for the method).
+
+    At most one lane per `min_lane_tokens` tokens, so a short text is not cut into lanes
+    that each start without context."""
     n = len(tokens)
     if n == 0:
         return Score(nll=0.0, tokens=0)
-    lanes = max(1, min(lanes, n))
+    lanes = max(1, min(lanes, n // max(min_lane_tokens, 1)))  # short texts: fewer (or no) resets
     span = n // lanes  # predictions per lane; the remainder continues the last lane
     was_training = model.training
     model.eval()
@@ -195,3 +205,104 @@ def score_sequences(
     finally:
         model.train(was_training)
     return results
+
+
+class Scorer:
+    """Scores text with a trained model: whole texts, a run's own splits, or line by line.
+
+        scorer = Scorer("runs/mine")
+        scorer.score_text("To be, or not to be").bits_per_char
+    """
+
+    def __init__(
+        self,
+        source,
+        tokenizer=None,
+        device: torch.device = torch.device("cpu"),
+        precision: str = "fp32",
+        checkpoint: str = "auto",
+        lanes: int = DEFAULT_LANES,
+        window: int = DEFAULT_WINDOW,
+    ):
+        from .checkpoint import RunDirectory
+
+        self.run = None
+        self.checkpoint = None
+        if isinstance(source, (str, Path)):
+            self.run = RunDirectory(source)
+            self.config = self.run.read_config()
+            tokenizer = self.run.load_tokenizer()
+            source, self.checkpoint = self.run.load_model(checkpoint, device=device, config=self.config)
+        elif tokenizer is None:
+            raise CharlmError("Scorer(model, tokenizer): a model needs its tokenizer")
+        if lanes < 1:
+            raise CharlmError(f"--lanes must be at least 1 (got {lanes})")
+        if window < 1:
+            raise CharlmError(f"--window must be at least 1 (got {window})")
+        self.model = source.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.precision = precision
+        self.lanes = lanes
+        self.window = window
+        self.context_id = context_token_id(tokenizer)
+
+    def _count_unknown(self, ids: np.ndarray) -> int:
+        unk = self.tokenizer.unk_id
+        if unk is None or self.tokenizer.kind != "char":
+            return 0
+        return int(np.count_nonzero(ids == unk))
+
+    def score_ids(self, ids: np.ndarray, chars: int, nbytes: int, words: int, unknown: int = 0) -> Score:
+        score = score_tokens(self.model, ids, self.context_id, self.lanes, self.window, self.device, self.precision)
+        score.chars, score.bytes, score.words, score.unknown = chars, nbytes, words, unknown
+        return score
+
+    def score_text(self, text: Union[str, Iterable[str]]) -> Score:
+        """Score a text (a string, or chunks of one cut at newlines) as one stream."""
+        chunks = [text] if isinstance(text, str) else text
+        counter = TextCounter()
+        parts = []
+        for chunk in chunks:
+            counter.add(chunk)
+            parts.append(self.tokenizer.encode(chunk))
+        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        if counter.chars == 0:
+            raise CharlmError("nothing to score: the text is empty")
+        return self.score_ids(ids, counter.chars, counter.bytes, counter.words, self._count_unknown(ids))
+
+    def score_lines(self, lines: Sequence[str], batch_size: int = 64) -> list[Score]:
+        """Score each line on its own, from a fresh state (empty lines score zero tokens)."""
+        encoded = [self.tokenizer.encode(line) for line in lines]
+        totals = score_sequences(
+            self.model, encoded, self.context_id, batch_size, self.window, self.device, self.precision
+        )
+        scores = []
+        for line, ids, nll in zip(lines, encoded, totals):
+            counter = TextCounter()
+            counter.add(line)
+            scores.append(Score(nll=nll, tokens=len(ids), chars=counter.chars, bytes=counter.bytes,
+                                words=counter.words, unknown=self._count_unknown(ids)))
+        return scores
+
+    def score_split(self, split: str = "auto") -> tuple[str, Score]:
+        """Score the run's own test split (or val with split='val'); auto takes test, else val."""
+        if self.run is None:
+            raise CharlmError("scoring a run's split needs a Scorer made from a run directory")
+        from .corpus import prepare_corpus
+
+        train = self.config.train
+        corpus = prepare_corpus(
+            train.data, val_data=train.val_data, test_data=train.test_data, val_fraction=train.val_fraction,
+            test_fraction=train.test_fraction, tokenizer=train.tokenizer, vocab_size=train.vocab_size,
+            spm_model_type=train.spm_model_type, encoding_errors=train.encoding_errors,
+        )  # fmt: skip
+        if corpus.tokenizer.token_bytes() != self.tokenizer.token_bytes():
+            raise CharlmError("the run's corpus now gives a different vocabulary; score it with --data instead")
+        if split == "auto":
+            split = "test" if len(corpus.splits["test"]) else "val"
+        if not len(corpus.splits[split]):
+            raise CharlmError(f"the run has no {split} split; pass --data to score a text")
+        score = self.score_ids(corpus.splits[split], corpus.chars[split], corpus.bytes[split],
+                               corpus.words[split], corpus.unknown[split])
+        return split, score

@@ -412,8 +412,9 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
 @click.option("--per-line", is_flag=True, help="Score each line on its own, from a fresh state.")
 @click.option("--field", metavar="NAME", help="With --per-line: read JSON lines and score this field of each.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object, or one per line with --per-line).")
-@click.option("--lanes", type=int, default=DEFAULT_LANES,
-              help="Parallel lanes; each after the first is a context reset. 1: every token sees all before it.")
+@click.option("--lanes", type=int,
+              help="Parallel lanes; each after the first is a context reset. 1: every token sees all before it. "
+                   f"Default: the run's validation lanes (--eval-batch-size, {DEFAULT_LANES} unless changed).")
 @click.option("--window", type=int, default=DEFAULT_WINDOW, help="Tokens per step of each lane (does not change the result).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="bf16 is faster on some CPUs.")
 @click.option("--encoding-errors", type=click.Choice(ENCODING_ERRORS), default="strict",
@@ -423,7 +424,7 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto picks CUDA when present.")
 @click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
 def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field: Optional[str], as_json: bool,
-               lanes: int, window: int, precision: str, encoding_errors: str, checkpoint: str, device: str,
+               lanes: Optional[int], window: int, precision: str, encoding_errors: str, checkpoint: str, device: str,
                threads: Optional[int]) -> None:
     """Score text with a trained run: nats/token, perplexity, bits per char and per byte."""
     console = Console()
@@ -444,7 +445,7 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
         scores = scorer.score_lines([text for _, text in lines])
         if as_json:
             for (number, text), score in zip(lines, scores):
-                Console.write_text(json.dumps({"line": number, **score.to_dict()}) + "\n")
+                Console.write_text(json.dumps({"line": number, **score.to_dict()}, allow_nan=False) + "\n")
         else:
             print_line_scores(lines, scores)
         _warn_unknown(console, sum(s.unknown for s in scores))
@@ -456,10 +457,12 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
     else:
         label = "stdin" if data == "-" else data
         score = scorer.score_text(_read_text(data, encoding_errors))
-    method = (f"{score.lanes} lane{'s' if score.lanes != 1 else ''} ({score.context_resets} context resets), "
-              f"windows of {window}, state carried; the first token follows a newline")
+    context = scorer.tokenizer.decode([scorer.context_id])
+    resets = score.context_resets
+    method = (f"{score.lanes} lane{'s' if score.lanes != 1 else ''} ({resets} context reset{'s' if resets != 1 else ''}), "
+              f"windows of {window}, state carried; the first token follows {context!r}")
     if as_json:
-        Console.write_text(json.dumps({"text": label, **score.to_dict(), "method": method}) + "\n")
+        Console.write_text(json.dumps({"text": label, **score.to_dict(), "method": method}, allow_nan=False) + "\n")
     else:
         print_score(label, score, method)
     _warn_unknown(console, score.unknown)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -82,6 +82,11 @@ class Score:
         return math.exp(min(self.nll / self.words, 700.0)) if self.words else float("nan")
 
     def to_dict(self) -> dict:
+        """Plain values for JSON; a figure that is undefined (no tokens, no words) is None."""
+        return {key: (value if not isinstance(value, float) or math.isfinite(value) else None)
+                for key, value in self._fields().items()}
+
+    def _fields(self) -> dict:
         return {
             "tokens": self.tokens,
             "chars": self.chars,
@@ -221,9 +226,10 @@ class Scorer:
         device: torch.device = torch.device("cpu"),
         precision: str = "fp32",
         checkpoint: str = "auto",
-        lanes: int = DEFAULT_LANES,
+        lanes: Optional[int] = None,
         window: int = DEFAULT_WINDOW,
     ):
+        """lanes None: the run's validation lanes (--eval-batch-size), so its figures match."""
         from .checkpoint import RunDirectory
 
         self.run = None
@@ -233,8 +239,12 @@ class Scorer:
             self.config = self.run.read_config()
             tokenizer = self.run.load_tokenizer()
             source, self.checkpoint = self.run.load_model(checkpoint, device=device, config=self.config)
+            if lanes is None:
+                lanes = self.config.train.eval_batch_size
         elif tokenizer is None:
             raise CharlmError("Scorer(model, tokenizer): a model needs its tokenizer")
+        if lanes is None:
+            lanes = DEFAULT_LANES
         if lanes < 1:
             raise CharlmError(f"--lanes must be at least 1 (got {lanes})")
         if window < 1:

@@ -51,3 +51,23 @@ def shakespeare_mirror(isolated_data_dir, shakespeare_path, monkeypatch) -> Path
     """Serve the shakespeare named corpus from a local mirror (a file:// address)."""
     monkeypatch.setenv("CHARLM_SHAKESPEARE_URL", shakespeare_path.as_uri())
     return shakespeare_path
+
+
+def train_into(path: Path, corpus, model_config, train_config):
+    """Train a small model for real into a new run directory at path (one CPU thread, fp32)."""
+    import torch
+
+    from charlm.checkpoint import RunDirectory
+    from charlm.config import RunConfig
+    from charlm.trainer import Trainer
+
+    run = RunDirectory(path)
+    run.prepare()
+    run.save_tokenizer(corpus.tokenizer)
+    run.write_config(RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
+    try:
+        return Trainer(model_config, train_config, corpus, run, torch.device("cpu"), "fp32").run()
+    finally:
+        torch.set_num_threads(previous)

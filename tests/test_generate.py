@@ -50,7 +50,7 @@ from click.testing import CliRunner
 import charlm.stepper as stepper_module
 from charlm.checkpoint import BEST, LAST, RunDirectory
 from charlm.cli import cli
-from charlm.config import ModelConfig, RunConfig, SampleConfig, TrainConfig
+from charlm.config import ModelConfig, SampleConfig, TrainConfig
 from charlm.corpus import prepare_corpus
 from charlm.errors import CharlmError
 from charlm.generate import Generator, SampleResult, StopScanner
@@ -59,7 +59,7 @@ from charlm.sampling import next_token
 from charlm.stepper import Stepper
 from charlm.tokenizer import ByteTokenizer, CharTokenizer
 from charlm.utf8 import REJECT, Utf8Guard, needs_guard
-from conftest import REPO, shared_file
+from conftest import REPO, shared_file, train_into
 
 CPU = torch.device("cpu")
 ERROR_PREFIX = "charlm: error:"
@@ -160,20 +160,9 @@ def train_run(
         eval_batch_size=4, precision="fp32", device="cpu", seed=seed, sample_length=0,
     )  # fmt: skip
     train_config.validate()
-    run = RunDirectory(root / "run")
-    run.prepare()
-    run.save_tokenizer(corpus.tokenizer)
-    run.write_config(RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
-    try:
-        from charlm.trainer import Trainer
-
-        result = Trainer(model_config, train_config, corpus, run, CPU, "fp32").run()
-    finally:
-        torch.set_num_threads(previous)
+    result = train_into(root / "run", corpus, model_config, train_config)
     assert result.step == steps and result.reason == "max_steps"
-    return run.path
+    return root / "run"
 
 
 @pytest.fixture(scope="module")

@@ -51,15 +51,14 @@ from click.testing import CliRunner
 
 from charlm.checkpoint import RunDirectory
 from charlm.cli import cli
-from charlm.config import ModelConfig, RunConfig, TrainConfig
+from charlm.config import ModelConfig, TrainConfig
 from charlm.corpus import TextCounter, prepare_corpus
 from charlm.errors import CharlmError
 from charlm.evaluate import Scorer, score_sequences, score_tokens
 from charlm.hardware import cpu_supports_bf16
 from charlm.model import RNNLM
 from charlm.tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, context_token_id
-from charlm.trainer import Trainer
-from conftest import REPO, shared_file
+from conftest import REPO, shared_file, train_into
 
 CPU = torch.device("cpu")
 LN2 = math.log(2)
@@ -229,18 +228,9 @@ def train_run(root: Path, text: str, steps: int = 60, eval_batch_size: int = 16,
         eval_batch_size=eval_batch_size, precision="fp32", device="cpu", seed=0, sample_length=0,
     )  # fmt: skip
     train_config.validate()
-    run = RunDirectory(root / "run")
-    run.prepare()
-    run.save_tokenizer(corpus.tokenizer)
-    run.write_config(RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
-    try:
-        result = Trainer(model_config, train_config, corpus, run, CPU, "fp32").run()
-    finally:
-        torch.set_num_threads(previous)
+    result = train_into(root / "run", corpus, model_config, train_config)
     assert result.step == steps and result.reason == "max_steps"
-    return run.path
+    return root / "run"
 
 
 def last_eval(run_path: Path) -> dict:

@@ -44,14 +44,14 @@ class RNNLM(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.normal_(self.embedding.weight, std=0.1 if not self.config.tie_weights else 0.05)
-        if self.config.cell == "lstm":
-            # Forget-gate bias 1: gradients flow through the cell state from the start.
-            H = self.config.hidden
-            for name, param in self.rnn.named_parameters():
-                if name.startswith("bias_ih"):
-                    with torch.no_grad():
-                        param[H : 2 * H].fill_(1.0)
+        # PyTorch's own initialisation, except where measured otherwise. An untied embedding
+        # keeps nn.Embedding's N(0, 1): shrinking it to std 0.1 starves the first layer of
+        # input and cost 0.35 nats after 300 steps in bench trials. A tied embedding is also
+        # the output matrix, and N(0, 1) there would start with huge logits, so it starts
+        # small. The LSTM forget-gate bias stays at PyTorch's default too: a bias of 1 was
+        # 0.1 nats worse after 300 steps on tiny Shakespeare.
+        if self.config.tie_weights:
+            nn.init.normal_(self.embedding.weight, std=0.05)
         nn.init.zeros_(self.head.bias)
 
     def init_state(self, batch_size: int, device: Optional[torch.device] = None) -> State:

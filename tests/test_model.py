@@ -84,14 +84,13 @@ def test_cell_alias_and_module_types():
     assert isinstance(relu, nn.RNN) and relu.nonlinearity == "relu"
 
 
-def test_lstm_forget_gate_bias_starts_at_one():
-    H = 8
-    model = make_model(cell="lstm", layers=2, hidden=H)
-    for name, param in model.rnn.named_parameters():
-        if name.startswith("bias_ih"):
-            assert torch.all(param[H : 2 * H] == 1.0), name
-            assert not torch.all(param[:H] == 1.0), name  # only the forget gate
-    assert torch.count_nonzero(model.head.bias) == 0
+def test_initialisation_keeps_an_untied_embedding_at_unit_scale():
+    # A small untied embedding starves the first layer: training was measurably slower.
+    untied = make_model(vocab_size=500, embed=64)
+    assert 0.8 < untied.embedding.weight.std().item() < 1.2
+    tied = make_model(vocab_size=500, embed=64, tie_weights=True)
+    assert tied.embedding.weight.std().item() < 0.1  # it is the output matrix too
+    assert torch.count_nonzero(untied.head.bias) == 0
 
 
 def test_state_tensors_round_trip():

@@ -84,7 +84,8 @@ def main() -> int:
         drift = max(abs(by[("bf16", n)] - by[("fp32", n)]) for n in (1, 16, 64))
         print(f"largest |bf16 - fp32| loss difference: {drift:.2e} nats/token")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1) + "\n")
+    args.json.write_text(json.dumps({"threads": args.threads, "rows": rows, "command": "python " + " ".join(sys.argv)},
+                                    indent=1) + "\n")
     print(f"wrote {args.json}")
     return 0
 

@@ -1,9 +1,9 @@
 """Generation benchmark: tokens per second at batch 1 and batch 32 for a 2x512 LSTM.
 
 charlm's Generator (prompt primed in one pass, then the Stepper's hand-written cell steps,
-sampling, UTF-8 decoding and stop handling included) against a bare PyTorch loop measured in
-the same run: embedding -> nn.LSTM for one step -> linear -> softmax -> multinomial, under
-inference_mode. The ratio is the figure to watch; absolute numbers move with the machine.
+sampling, UTF-8 decoding and stop handling included), with temperature alone, top-k, top-p
+and both, against a bare PyTorch loop measured in the same run: embedding -> nn.LSTM for one
+step -> linear -> softmax -> multinomial (temperature only), under inference_mode. The ratio is the figure to watch; absolute numbers move with the machine.
 
     python bench/generate_speed.py [--threads 2] [--tokens 400] [--json bench/results/generate_speed.json]
 """
@@ -41,9 +41,17 @@ def bare_loop(model: RNNLM, batch: int, tokens: int, seed: int) -> float:
         return time.perf_counter() - started
 
 
-def charlm_loop(generator: Generator, batch: int, tokens: int, seed: int) -> float:
+SAMPLING = {
+    "temperature 0.8": SampleConfig(temperature=0.8),
+    "top-k 40": SampleConfig(temperature=0.8, top_k=40),
+    "top-p 0.9": SampleConfig(temperature=0.8, top_p=0.9),
+    "top-k 40 + top-p 0.9": SampleConfig(temperature=0.8, top_k=40, top_p=0.9),
+}
+
+
+def charlm_loop(generator: Generator, batch: int, tokens: int, seed: int, sampling: SampleConfig) -> float:
     started = time.perf_counter()
-    for _ in generator.stream_samples("\n", batch, tokens, SampleConfig(temperature=0.8), seed=seed):
+    for _ in generator.stream_samples("\n", batch, tokens, sampling, seed=seed):
         pass
     return time.perf_counter() - started
 
@@ -62,24 +70,27 @@ def main() -> int:
     model = RNNLM(ModelConfig(vocab_size=tokenizer.vocab_size, layers=2, hidden=512, embed=128)).eval()
     generator = Generator(model, tokenizer)
     rows = []
+    print(f"2x512 LSTM, vocabulary {tokenizer.vocab_size}, {args.threads} threads, {args.tokens} tokens per sample")
+    print(f"{'batch':>5} {'charlm sampling':<22} {'bare PyTorch tok/s':>19} {'charlm tok/s':>13} {'speed-up':>9}")
     for batch in (1, 32):
         bare_loop(model, batch, 20, 0)  # warm-up
-        charlm_loop(generator, batch, 20, 0)
         bare = min(bare_loop(model, batch, args.tokens, r) for r in range(args.repeats))
-        ours = min(charlm_loop(generator, batch, args.tokens, r) for r in range(args.repeats))
-        rows.append({
-            "batch": batch,
-            "bare_tokens_per_s": round(batch * args.tokens / bare, 1),
-            "charlm_tokens_per_s": round(batch * args.tokens / ours, 1),
-            "speedup": round(bare / ours, 2),
-        })
-    print(f"2x512 LSTM, vocabulary {tokenizer.vocab_size}, {args.threads} threads, {args.tokens} tokens per sample")
-    print(f"{'batch':>5} {'bare PyTorch tok/s':>19} {'charlm tok/s':>13} {'speed-up':>9}")
-    for row in rows:
-        print(f"{row['batch']:>5} {row['bare_tokens_per_s']:>19,.0f} {row['charlm_tokens_per_s']:>13,.0f} "
-              f"{row['speedup']:>8.2f}x")
+        for name, sampling in SAMPLING.items():
+            charlm_loop(generator, batch, 20, 0, sampling)
+            ours = min(charlm_loop(generator, batch, args.tokens, r, sampling) for r in range(args.repeats))
+            row = {
+                "batch": batch,
+                "sampling": name,
+                "bare_tokens_per_s": round(batch * args.tokens / bare, 1),
+                "charlm_tokens_per_s": round(batch * args.tokens / ours, 1),
+                "speedup": round(bare / ours, 2),
+            }
+            rows.append(row)
+            print(f"{batch:>5} {name:<22} {row['bare_tokens_per_s']:>19,.0f} {row['charlm_tokens_per_s']:>13,.0f} "
+                  f"{row['speedup']:>8.2f}x", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"threads": args.threads, "tokens": args.tokens, "rows": rows}, indent=1) + "\n")
+    args.json.write_text(json.dumps({"threads": args.threads, "tokens": args.tokens, "rows": rows,
+                                     "command": "python " + " ".join(sys.argv)}, indent=1) + "\n")
     print(f"wrote {args.json}")
     return 0
 

@@ -84,9 +84,9 @@ class ModelConfig(_Options):
     vocab_size: int
     cell: str = "lstm"
     layers: int = 2
-    hidden: int = 256
-    embed: int = 128
-    dropout: float = 0.0
+    hidden: int = 384
+    embed: int = 64
+    dropout: float = 0.1
     tie_weights: bool = False
 
     def __post_init__(self) -> None:
@@ -119,10 +119,10 @@ class TrainConfig(_Options):
     encoding_errors: str = "strict"
     # batching
     batch_size: int = 32
-    seq_len: int = 64
+    seq_len: int = 128
     random_offset: bool = True
     # optimisation
-    lr: float = 3e-3
+    lr: float = 6e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.01

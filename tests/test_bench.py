@@ -34,7 +34,7 @@ def test_train_throughput_compares_trainer_with_bare_loop(tmp_path):
     for row in result["rows"]:
         assert row["bare_tokens_per_s"] > 0 and row["charlm_tokens_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["charlm_tokens_per_s"] / row["bare_tokens_per_s"], rel=1e-3)
-        assert 0 < row["fraction_of_peak"] == pytest.approx(row["gflops"] / result["matmul_peak_gflops"]["fp32"], rel=0.01)
+        assert 0 < row["fraction_of_peak"] == pytest.approx(row["gflops"] / result["matmul_peak_gflops"]["fp32"], abs=2e-3)
     assert result["matmul_peak_gflops"]["fp32"] > 0
 
 

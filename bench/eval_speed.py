@@ -9,12 +9,8 @@ windows prepared in advance, measured in the same run: the ratio is charlm's ove
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -23,8 +19,8 @@ from charlm.evaluate import DEFAULT_WINDOW, score_tokens
 from charlm.hardware import autocast, cpu_supports_bf16
 from charlm.model import RNNLM, detach_state
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+import common
+from common import SHAKESPEARE as SHARED
 
 
 def corpus_ids(megabytes: float) -> np.ndarray:
@@ -53,10 +49,8 @@ def bare_forward(model: RNNLM, ids: np.ndarray, lanes: int, precision: str) -> f
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.parser(__doc__, "eval_speed")
     parser.add_argument("--megabytes", type=float, default=1.0)
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "eval_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -83,10 +77,7 @@ def main() -> int:
         by = {(r["precision"], r["lanes"]): r["loss"] for r in rows}
         drift = max(abs(by[("bf16", n)] - by[("fp32", n)]) for n in (1, 16, 64))
         print(f"largest |bf16 - fp32| loss difference: {drift:.2e} nats/token")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"threads": args.threads, "rows": rows, "command": "python " + " ".join(sys.argv)},
-                                    indent=1) + "\n")
-    print(f"wrote {args.json}")
+    common.write_result(args.json, {"threads": args.threads, "rows": rows})
     return 0
 
 

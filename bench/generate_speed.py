@@ -10,12 +10,8 @@ step -> linear -> softmax -> multinomial (temperature only), under inference_mod
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
-
 import torch
 
 from charlm.config import ModelConfig, SampleConfig
@@ -23,7 +19,8 @@ from charlm.generate import Generator
 from charlm.model import RNNLM
 from charlm.tokenizer import CharTokenizer
 
-REPO = Path(__file__).resolve().parent.parent
+import common
+
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65
 
 
@@ -57,11 +54,9 @@ def charlm_loop(generator: Generator, batch: int, tokens: int, seed: int, sampli
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.parser(__doc__, "generate_speed")
     parser.add_argument("--tokens", type=int, default=400, help="tokens per sample in each timed run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the best is kept")
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "generate_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -88,10 +83,7 @@ def main() -> int:
             rows.append(row)
             print(f"{batch:>5} {name:<22} {row['bare_tokens_per_s']:>19,.0f} {row['charlm_tokens_per_s']:>13,.0f} "
                   f"{row['speedup']:>8.2f}x", flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"threads": args.threads, "tokens": args.tokens, "rows": rows,
-                                     "command": "python " + " ".join(sys.argv)}, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    common.write_result(args.json, {"threads": args.threads, "tokens": args.tokens, "rows": rows})
     return 0
 
 

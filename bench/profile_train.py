@@ -11,8 +11,6 @@ to optimise; the JSON keeps the top operators.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,15 +18,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from charlm.checkpoint import RunDirectory
-from charlm.config import ModelConfig, RunConfig, TrainConfig
+from charlm.config import ModelConfig, TrainConfig
 from charlm.corpus import prepare_corpus
 from charlm.hardware import resolve_precision
 from charlm.trainer import Trainer
 
-REPO = Path(__file__).resolve().parent.parent
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-
+import common
 
 def group_of(name: str) -> str:
     lowered = name.lower()
@@ -44,31 +39,22 @@ def group_of(name: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.parser(__doc__, "profile_train")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "profile_train.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        if SHAKESPEARE.is_file():
-            source = SHAKESPEARE
-        else:
-            source = Path(tmp) / "text.txt"
-            source.write_text((Path(torch.__file__).parent / "nn" / "modules" / "rnn.py").read_text() * 20)
+        source = common.training_text(Path(tmp))
         corpus = prepare_corpus(str(source), cache_root=Path(tmp) / "cache", threads=args.threads)
         model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size)
         device = torch.device("cpu")
         precision = resolve_precision("auto", device)
         total = args.warmup + args.steps
         train_config = TrainConfig(max_steps=total, eval_every=10**9, checkpoint_every=10**9, log_every=total)
-        run = RunDirectory(Path(tmp) / "run")
-        run.prepare()
-        run.save_tokenizer(corpus.tokenizer)
-        run.write_config(RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind))
+        run = common.new_run(Path(tmp) / "run", corpus, model_config, train_config)
         trainer = Trainer(model_config, train_config, corpus, run, device, precision)
         trainer.val_tokens = trainer.val_tokens[:0]  # keep the closing validation pass out of the profile
         trainer.max_steps = args.warmup
@@ -97,11 +83,8 @@ def main() -> int:
         "groups": {k: round(v / whole, 4) for k, v in groups.items()},
         "top": [{"op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1000, 2),
                  "share": round(e.self_cpu_time_total / whole, 4)} for e in top],
-        "command": "python " + " ".join(sys.argv),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    common.write_result(args.json, result)
     return 0
 
 

@@ -16,7 +16,6 @@ the CPU has it), scored on the same split by the same fp32 method.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -35,8 +34,9 @@ from charlm.evaluate import score_tokens
 from charlm.hardware import autocast, cpu_supports_bf16
 from charlm.tokenizer import context_token_id
 
-REPO = Path(__file__).resolve().parent.parent
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+import common
+from common import REPO
+from common import SHAKESPEARE
 TARGETS = {300: 1.47, 600: 1.40}  # issue #5: below these, nats/char
 
 
@@ -122,12 +122,10 @@ def run_baseline(corpus, budget: float, precision: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.parser(__doc__, "quality_budget")
     parser.add_argument("--budgets", default="120,300,600", help="seconds, comma-separated")
     parser.add_argument("--baseline-budgets", default="300",
                         help="budgets for the bare-PyTorch baseline (empty: none)")
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "quality_budget.json")
     parser.add_argument("extra", nargs="*", help="more `charlm train` options (after --), for tuning trials")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,11 +160,8 @@ def main() -> int:
                       f"{row['tokens']:>11,} {row['val_loss']:>9.4f} {row['val_loss'] / math.log(2):>8.4f}",
                       flush=True)
 
-    result = {"threads": args.threads, "extra": args.extra, "charlm": rows, "baseline": baselines,
-              "command": "python " + " ".join(sys.argv)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    result = {"threads": args.threads, "extra": args.extra, "charlm": rows, "baseline": baselines}
+    common.write_result(args.json, result)
     return 0
 
 

@@ -20,7 +20,6 @@ training loop walking through the corpus.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -30,8 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+import common
+from common import REPO
+from common import SHAKESPEARE
 
 
 def sample_unit() -> bytes:
@@ -139,12 +139,10 @@ def big_corpus_runs(megabytes: int, steps: int, threads: int) -> tuple[int, list
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.parser(__doc__, "tokenize_speed")
     parser.add_argument("--encode-megabytes", type=int, default=64)
     parser.add_argument("--train-megabytes", type=int, default=200)
     parser.add_argument("--train-steps", type=int, default=300)
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "tokenize_speed.json")
     args = parser.parse_args()
     import torch
 
@@ -165,10 +163,8 @@ def main() -> int:
               f"{row['peak_anon_mib']:>14,}")
 
     result = {"threads": args.threads, "encode_megabytes": args.encode_megabytes, "encode": encode,
-              "train_corpus_bytes": size, "train_runs": runs, "command": "python " + " ".join(sys.argv)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+              "train_corpus_bytes": size, "train_runs": runs}
+    common.write_result(args.json, result)
     return 0
 
 

@@ -18,8 +18,6 @@ machine hits both. Achieved GFLOP/s counts 6 FLOPs per non-embedding parameter p
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,15 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.checkpoint import RunDirectory
-from charlm.config import ModelConfig, RunConfig, TrainConfig
+from charlm.config import ModelConfig, TrainConfig
 from charlm.corpus import prepare_corpus
 from charlm.hardware import autocast, cpu_supports_bf16
 from charlm.trainer import Trainer
 
-REPO = Path(__file__).resolve().parent.parent
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-
+import common
 
 def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
     """GFLOP/s of a 512x512 @ 512x2048 matmul, the shape of an LSTM layer's gate product."""
@@ -106,17 +101,13 @@ def charlm_round(corpus, cell: str, size: int, layers: int, precision: str, batc
     train_config = TrainConfig(batch_size=batch, seq_len=seq_len, max_steps=warmup + steps, precision=precision,
                                device="cpu", log_every=1, eval_every=10**9, checkpoint_every=10**9, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        run = RunDirectory(Path(tmp) / "run")
-        run.prepare()
-        run.save_tokenizer(corpus.tokenizer)
-        run.write_config(RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind))
+        run = common.new_run(Path(tmp) / "run", corpus, model_config, train_config)
         Trainer(model_config, train_config, corpus, run, torch.device("cpu"), precision, on_event=on_event).run()
     return steps * batch * seq_len / (marks[warmup + steps] - marks[warmup])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser = common.parser(__doc__, "train_throughput")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
@@ -125,7 +116,6 @@ def main() -> int:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--rounds", type=int, default=3, help="alternating timed rounds; the best of each is kept")
     parser.add_argument("--seconds", type=float, default=6.0, help="rough length of one timed round")
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "train_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -135,11 +125,7 @@ def main() -> int:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
 
     with tempfile.TemporaryDirectory() as tmp:
-        if SHAKESPEARE.is_file():
-            source = SHAKESPEARE
-        else:  # a fresh clone without ../shared: any text does, speed does not depend on it
-            source = Path(tmp) / "text.txt"
-            source.write_text((Path(torch.__file__).parent / "nn" / "modules" / "rnn.py").read_text() * 20)
+        source = common.training_text(Path(tmp))
         corpus = prepare_corpus(str(source), cache_root=Path(tmp) / "cache", threads=args.threads)
         tokens = torch.from_numpy(corpus.splits["train"].astype("int64"))
         vocab = corpus.tokenizer.vocab_size
@@ -180,11 +166,8 @@ def main() -> int:
                           f"{row['ratio']:>5.3f}x {gflops:>8.0f} {row['fraction_of_peak']:>8.0%}", flush=True)
 
     result = {"threads": args.threads, "batch": args.batch, "seq_len": args.seq_len, "rounds": args.rounds,
-              "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}, "rows": rows,
-              "command": "python " + " ".join(sys.argv)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+              "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}, "rows": rows}
+    common.write_result(args.json, result)
     return 0
 
 

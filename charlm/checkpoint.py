@@ -39,6 +39,17 @@ WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
 LAST, BEST = "last", "best"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, TOKENIZER_FILE, SPM_MODEL_FILE, LAST, BEST, LAST + ".old", BEST + ".old")
+# metrics events that mark a session of a run rather than its progress through the steps
+SESSION_EVENTS = ("start", "resume", "end")
+
+
+def _is_leftover(name: str) -> bool:
+    """A temporary file or folder of an interrupted atomic write (see atomic.py)."""
+    if not name.startswith("."):
+        return False
+    if name.startswith((f".{LAST}.", f".{BEST}.")):
+        return True
+    return name.endswith(".tmp") and any(name.startswith(f".{base}.") for base in RUN_FILES)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -55,6 +66,24 @@ class RunDirectory:
     def is_run(self) -> bool:
         return (self.path / CONFIG_FILE).is_file()
 
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_dir(LAST) is not None or self.checkpoint_dir(BEST) is not None
+
+    def _holds_only_run_files(self) -> bool:
+        return all(item.name in RUN_FILES or _is_leftover(item.name) for item in self.path.iterdir())
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete the temporary files a killed process left behind; return their names."""
+        removed = []
+        for item in self.path.iterdir():
+            if _is_leftover(item.name):
+                if item.is_dir():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+                removed.append(item.name)
+        return removed
+
     def check(self, resume: bool = False, overwrite: bool = False) -> None:
         """Raise CharlmError if the folder may not be used for a new (or resumed) run; change nothing."""
         path = self.path
@@ -62,11 +91,23 @@ class RunDirectory:
             raise CharlmError(f"--out {path} is a file; choose a folder for the run")
         if resume:
             if not self.is_run():
+                if path.is_dir() and any(path.iterdir()) and self._holds_only_run_files():
+                    raise CharlmError(
+                        f"--resume: {path} holds a run that stopped before its first checkpoint; "
+                        "start it again with --overwrite"
+                    )
                 raise CharlmError(f"--resume: {path} holds no charlm run to resume; check --out")
             return
         if path.is_dir() and any(path.iterdir()):
-            if not self.is_run():
+            if not self.is_run() and not self._holds_only_run_files():
                 raise CharlmError(f"--out {path} is not empty and is not a charlm run; choose a new folder")
+            if not self.is_run() or not self.has_checkpoint():
+                if not overwrite:
+                    raise CharlmError(
+                        f"--out {path} holds a run that stopped before its first checkpoint; "
+                        "pass --overwrite to start it again"
+                    )
+                return
             if not overwrite:
                 raise CharlmError(
                     f"--out {path} already holds a run; pass --resume to continue it or --overwrite to replace it"
@@ -79,6 +120,7 @@ class RunDirectory:
         if resume:
             return
         if path.is_dir() and any(path.iterdir()):
+            self.remove_leftovers()
             for name in RUN_FILES:
                 target = path / name
                 if target.is_dir():
@@ -205,10 +247,43 @@ class RunDirectory:
             ) from None
 
     # ----- metrics --------------------------------------------------------------------
-    def append_metrics(self, event: dict[str, Any]) -> None:
+    def append_metrics(self, event: dict[str, Any], durable: bool = False) -> int:
+        """Append one event; return the file's size after it. durable: fsync it too."""
         record = {"time": round(time.time(), 3), **event}
         with open(self.path / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+            return f.tell()
+
+    def rewind_metrics(self, size: int) -> int:
+        """Forget the progress events written after a checkpoint, before a run continues from it.
+
+        `size` is the metrics file's length when the checkpoint was taken. Events after it
+        (train, eval, checkpoint, ...) are about steps the resumed run will take again, so
+        they go; session markers (start, resume, end) stay, as the run's history. A line
+        torn by a crash goes too. Returns how many lines were dropped."""
+        path = self.path / METRICS_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        if len(data) <= size:
+            return 0
+        kept, dropped = [], 0
+        for line in data[size:].splitlines():
+            try:
+                event = json.loads(line).get("event")
+            except (ValueError, AttributeError):
+                event = None
+            if event in SESSION_EVENTS:
+                kept.append(line + b"\n")
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_bytes(path, data[:size] + b"".join(kept))
+        return dropped
 
     def read_metrics(self) -> list[dict[str, Any]]:
         path = self.path / METRICS_FILE

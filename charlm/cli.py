@@ -8,6 +8,7 @@ exit, no traceback. Options can also come from the environment as CHARLM_<COMMAN
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -24,6 +25,7 @@ from .config import (
     CELLS,
     DEFAULT_MAX_TIME_S,
     DEVICES,
+    DIVERGENCE_ACTIONS,
     ENCODING_ERRORS,
     MAX_SEED,
     PRECISIONS,
@@ -39,6 +41,8 @@ from .corpora import DEFAULT_CORPUS, resolve_default_corpus
 from .corpus import TextSource, newline_chunks, prepare_corpus, resolve_source
 from .errors import CharlmError
 from .evaluate import DEFAULT_LANES, DEFAULT_WINDOW, Scorer
+from .faults import ENV_VAR as FAULTS_ENV_VAR
+from .faults import FaultPlan
 from .generate import Generator
 from .hardware import resolve_device, resolve_precision, set_threads
 from .trainer import Trainer
@@ -94,11 +98,54 @@ def cli() -> None:
     """charlm: train recurrent language models on any text, generate from them, score text."""
 
 
-# Options that may change when a run is resumed; everything else is fixed by the run.
+# Options that may change when a run is resumed: stop limits, cadence, hardware, and how the
+# optimisation is steered (lr, clipping, the divergence guard). Everything that decides the
+# model, the data or the batches is fixed by the run.
 RESUMABLE_OPTIONS = {
     "max_steps", "max_time", "epochs", "eval_every", "checkpoint_every", "log_every",
     "sample_length", "device", "threads", "precision", "out", "resume",
+    "lr", "grad_clip", "on_divergence", "spike_factor", "skip_limit", "max_rollbacks", "rollback_lr_factor",
 }  # fmt: skip
+
+_TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class CadenceType(click.ParamType):
+    """--checkpoint-every: N steps, or a time such as 90s, 10m, 2h; gives ("steps", N) or ("seconds", S)."""
+
+    name = "N|TIME"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        try:
+            if text[-1:] in _TIME_UNITS:
+                seconds = float(text[:-1]) * _TIME_UNITS[text[-1]]
+                if not (seconds > 0 and seconds < float("inf")):
+                    raise ValueError
+                return ("seconds", seconds)
+            steps = int(text)
+            if steps < 1:
+                raise ValueError
+            return ("steps", steps)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of steps (1 or more) nor a time like 90s, 10m or 2h", param, ctx)
+
+
+CADENCE = CadenceType()
+DEFAULT_CADENCE = (str(_T.checkpoint_every), f"{_T.checkpoint_seconds / 60:g}m")
+
+
+def _apply_cadence(options: dict[str, Any]) -> None:
+    """Turn the --checkpoint-every values into checkpoint_every (steps) and checkpoint_seconds."""
+    steps = seconds = None
+    for kind, amount in options.pop("checkpoint_every"):
+        if kind == "steps":
+            steps = amount
+        else:
+            seconds = amount
+    options["checkpoint_every"], options["checkpoint_seconds"] = steps, seconds
 
 
 class _StopFlag:
@@ -179,7 +226,19 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option("--epochs", type=float, help="Stop after this many passes over the training split.")
 @click.option("--eval-every", type=int, default=_T.eval_every, help="Validate (and checkpoint) every N steps.")
 @click.option("--eval-batch-size", type=int, default=_T.eval_batch_size, help="Lanes used for validation.")
-@click.option("--checkpoint-every", type=int, default=_T.checkpoint_every, help="Also checkpoint every N steps.")
+@click.option("--checkpoint-every", type=CADENCE, multiple=True, default=DEFAULT_CADENCE, metavar="N|TIME",
+              help="Also checkpoint every N steps and/or every TIME (e.g. 90s, 10m, 2h); repeat to give both. "
+                   "Given values replace both defaults.")
+@click.option("--on-divergence", type=click.Choice(DIVERGENCE_ACTIONS), default=_T.on_divergence,
+              help="A step whose loss or gradient is NaN/inf, or whose loss spikes: skip its update (rolling back "
+                   "to the last checkpoint after --skip-limit in a row), roll back at once, or stop.")
+@click.option("--spike-factor", type=float, default=_T.spike_factor,
+              help="A loss above this many times its recent average counts as a bad step (0: off).")
+@click.option("--skip-limit", type=int, default=_T.skip_limit, help="Bad steps in a row that trigger a rollback.")
+@click.option("--max-rollbacks", type=int, default=_T.max_rollbacks,
+              help="Rollbacks in a row (no recovery between) before the run gives up.")
+@click.option("--rollback-lr-factor", type=float, default=_T.rollback_lr_factor,
+              help="Each rollback multiplies the learning rate by this.")
 @click.option("--log-every", type=int, default=_T.log_every, help="Log training loss every N steps.")
 @click.option("--sample-length", type=int, default=_T.sample_length, help="Tokens of sample text printed at the end (0: none).")
 @click.pass_context
@@ -191,6 +250,7 @@ def train(ctx: click.Context, **options: Any) -> None:
     overwrite: bool = options.pop("overwrite")
     model_options = {name: options.pop(name) for name in ("cell", "layers", "hidden", "embed", "dropout", "tie_weights")}
 
+    changed: dict[str, Any] = {}  # resumable options given new values: [old, new]
     if resume:
         if out is None:
             raise CharlmError("--resume needs --out, the run directory to continue")
@@ -205,9 +265,15 @@ def train(ctx: click.Context, **options: Any) -> None:
             names = ", ".join("--" + name.replace("_", "-") for name in fixed)
             raise CharlmError(f"{names} cannot change when resuming; only stop limits, cadence and hardware can")
         train_config = run_config.train
-        for name in RESUMABLE_OPTIONS & set(options):
-            if _given(ctx, name):
-                setattr(train_config, name, options[name])
+        given = {name for name in RESUMABLE_OPTIONS & set(options) if _given(ctx, name)}
+        _apply_cadence(options)
+        if "checkpoint_every" in given:
+            given.add("checkpoint_seconds")
+        for name in sorted(given):
+            old = getattr(train_config, name)
+            if old != options[name]:
+                changed[name] = [old, options[name]]
+            setattr(train_config, name, options[name])
         train_config.validate()
         model_config = run_config.model
     else:
@@ -215,6 +281,7 @@ def train(ctx: click.Context, **options: Any) -> None:
             # absolute paths, so a resumed run finds its corpus from any working directory
             if options[name] and Path(options[name]).expanduser().exists():
                 options[name] = str(Path(options[name]).expanduser().resolve())
+        _apply_cadence(options)
         train_config = TrainConfig(**options)
         train_config.validate()
         ModelConfig(vocab_size=2, **model_options).validate()
@@ -273,12 +340,15 @@ def train(ctx: click.Context, **options: Any) -> None:
         )
     console.info(f"run directory: {run_dir.path}")
 
+    faults = FaultPlan(os.environ.get(FAULTS_ENV_VAR))
+    if faults:
+        console.warn(f"{FAULTS_ENV_VAR} is set: this run fails on purpose ({os.environ[FAULTS_ENV_VAR]})")
     reporter = TrainReporter(console)
     with _StopFlag() as stop, reporter:
         trainer = Trainer(model_config, train_config, corpus, run_dir, device, precision,
-                          on_event=reporter, should_stop=stop)
+                          on_event=reporter, should_stop=stop, faults=faults)
         if resume:
-            trainer.resume()
+            trainer.resume(changed)
             done = trainer.stop_reason()
             if done in ("max_steps", "max_time", "epochs"):
                 option = "--" + done.replace("_", "-")
@@ -354,6 +424,10 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
             raise CharlmError(f"--prompt-file: no such file: {prompt_file}") from None
         except UnicodeDecodeError as exc:
             raise CharlmError(f"--prompt-file: {prompt_file} is not UTF-8 (byte {exc.start}); convert it") from None
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # argument bytes that are not UTF-8 arrive as lone surrogates
+        raise CharlmError(f"--prompt: character {exc.start} is not valid UTF-8; give the prompt as UTF-8 text") from None
     if max_tokens < 0:
         raise CharlmError(f"--max-tokens must be 0 or more (got {max_tokens})")
     if num_samples < 1:

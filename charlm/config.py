@@ -21,6 +21,7 @@ SPM_MODEL_TYPES = ("unigram", "bpe")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 ENCODING_ERRORS = ("strict", "replace")
+DIVERGENCE_ACTIONS = ("skip", "rollback", "stop")
 
 MAX_SEED = 1 << 63
 # Used when the user sets none of --max-steps, --max-time, --epochs.
@@ -139,9 +140,16 @@ class TrainConfig(_Options):
     # cadence
     eval_every: int = 500
     eval_batch_size: int = 16
-    checkpoint_every: int = 1000
+    checkpoint_every: Optional[int] = 1000
+    checkpoint_seconds: Optional[float] = 600.0
     log_every: int = 50
     sample_length: int = 400
+    # divergence guard: what a step with a non-finite or spiking loss does
+    on_divergence: str = "skip"
+    spike_factor: float = 4.0
+    skip_limit: int = 10
+    max_rollbacks: int = 3
+    rollback_lr_factor: float = 0.5
 
     def validate(self) -> None:
         _check_types(self)
@@ -177,8 +185,22 @@ class TrainConfig(_Options):
         _check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive (got {self.epochs})")
         _check(self.eval_every >= 1, "eval_every", f"must be at least 1 (got {self.eval_every})")
         _check(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1 (got {self.eval_batch_size})")
-        _check(self.checkpoint_every >= 1, "checkpoint_every", f"must be at least 1 (got {self.checkpoint_every})")
+        _check(
+            self.checkpoint_every is None or self.checkpoint_every >= 1,
+            "checkpoint_every",
+            f"must be at least 1 (got {self.checkpoint_every})",
+        )
         _check(self.log_every >= 1, "log_every", f"must be at least 1 (got {self.log_every})")
+        _check(
+            self.checkpoint_seconds is None or self.checkpoint_seconds > 0,
+            "checkpoint_every",
+            f"must be a positive time (got {self.checkpoint_seconds} s)",
+        )
+        _check(self.on_divergence in DIVERGENCE_ACTIONS, "on_divergence", f"must be one of {', '.join(DIVERGENCE_ACTIONS)}")
+        _check(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", f"must be 0 (off) or above 1 (got {self.spike_factor})")
+        _check(self.skip_limit >= 1, "skip_limit", f"must be at least 1 (got {self.skip_limit})")
+        _check(self.max_rollbacks >= 0, "max_rollbacks", f"must be 0 or more (got {self.max_rollbacks})")
+        _check(0 < self.rollback_lr_factor <= 1, "rollback_lr_factor", f"must be in (0, 1] (got {self.rollback_lr_factor})")
         _check(self.sample_length >= 0, "sample_length", f"must be 0 or more (got {self.sample_length})")
 
     def stop_limits(self) -> tuple[Optional[int], Optional[float], Optional[float]]:

@@ -117,7 +117,7 @@ class TrainReporter:
             self._start_bar()
 
     def _status(self, e: dict[str, Any]) -> str:
-        return f"step {e['step']:,}  loss {e['loss']:.3f}  {e['tokens_per_s']:,.0f} tok/s"
+        return f"step {e['step']:,}  loss {_loss(e['loss'], 3)}  {e['tokens_per_s']:,.0f} tok/s"
 
     def _on_train(self, e: dict[str, Any]) -> None:
         if self.progress is not None:
@@ -126,7 +126,7 @@ class TrainReporter:
             # a log file gets a line every few seconds at most; metrics.jsonl has every event
             self._last_plain_line = e["elapsed"]
             self.console.info(
-                f"step {e['step']:>7,}  epoch {e['epoch']:6.2f}  loss {e['loss']:.4f}  lr {e['lr']:.2e}  "
+                f"step {e['step']:>7,}  epoch {e['epoch']:6.2f}  loss {_loss(e['loss'], 4)}  lr {e['lr']:.2e}  "
                 f"{e['tokens_per_s']:>9,.0f} tok/s  {_duration(e['elapsed'])}"
             )
 
@@ -145,7 +145,26 @@ class TrainReporter:
         )
 
     def _on_resume(self, e: dict[str, Any]) -> None:
-        self.console.info(f"resuming at step {e['step']:,} (epoch {e['epoch']}, window {e['window']})")
+        details = []
+        for name, (old, new) in (e.get("changed") or {}).items():
+            details.append(f"--{name.replace('_', '-')} {old} -> {new}")
+        if e.get("discarded_events"):
+            details.append(f"{e['discarded_events']} metrics line(s) after the checkpoint dropped")
+        if e.get("removed_leftovers"):
+            details.append(f"{len(e['removed_leftovers'])} temporary file(s) of an interrupted write removed")
+        extra = f"; {'; '.join(details)}" if details else ""
+        self.console.info(f"resuming at step {e['step']:,} (epoch {e['epoch']}, window {e['window']}){extra}")
+
+    def _on_bad_step(self, e: dict[str, Any]) -> None:
+        actions = {"skip": "update skipped", "rollback": "rolling back", "stop": "stopping"}
+        self._print(f"warning: step {e['step']:,}: {e['reason']}; {actions.get(e['action'], e['action'])}", style="yellow")
+
+    def _on_rollback(self, e: dict[str, Any]) -> None:
+        self._print(
+            f"warning: rolled back from step {e['step']:,} to the checkpoint at step {e['to_step']:,}; "
+            f"learning rate x{e['lr_scale']:g} (now {e['lr']:.2e}), rollback {e['in_a_row']} in a row",
+            style="yellow",
+        )
 
     def _on_end(self, e: dict[str, Any]) -> None:
         if self.progress is not None:
@@ -159,9 +178,16 @@ class TrainReporter:
         }
         best = e.get("best_val_loss")
         best_text = f"; best val loss {best:.4f} nats/token" if best is not None else ""
+        if e.get("skipped_steps") or e.get("rollbacks"):
+            best_text += f"; {e.get('skipped_steps', 0)} bad step(s) skipped, {e.get('rollbacks', 0)} rollback(s)"
         self.console.info(
             f"stopped at step {e['step']:,} after {_duration(e['elapsed'])}: {reasons.get(e['reason'], e['reason'])}{best_text}"
         )
+
+
+def _loss(value: Optional[float], digits: int) -> str:
+    """A logged mean loss; None when every step since the last log was skipped."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _stdout_console() -> RichConsole:

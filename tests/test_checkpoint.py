@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,8 +181,12 @@ def test_trainer_state_loads_with_weights_only(tmp_path):
     assert {"exp_avg", "exp_avg_sq"} <= set(optimizer["state"][0])
     assert len(optimizer["param_groups"]) == 2
     # the RNG state is the one at the moment of the save (nothing drew numbers since)
-    assert isinstance(state["rng_cpu"], torch.Tensor) and state["rng_cpu"].dtype == torch.uint8
-    assert torch.equal(state["rng_cpu"], torch.get_rng_state())
+    rng = state["rng"]
+    assert isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8
+    assert torch.equal(rng["torch"], torch.get_rng_state())
+    assert rng["cuda"] is None  # a CPU run
+    assert tuple(rng["numpy"]["keys"].tolist()) == tuple(np.random.get_state()[1].tolist())
+    assert tuple(rng["python"]["state"]) == random.getstate()[1]
     # the carried (h, c) state, on the CPU
     h, c = state["carried_state"]
     assert h.shape == c.shape == (2, 2, 16)

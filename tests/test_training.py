@@ -324,7 +324,8 @@ def test_max_steps_stops_at_exactly_that_step(tmp_path):
     assert [e["step"] for e in of_kind(events, "train")] == [3, 6]
     # evaluated at 5 and once more at the stop, with a checkpoint each time
     assert [e["step"] for e in of_kind(events, "eval")] == [5, 7]
-    assert [e["step"] for e in of_kind(events, "checkpoint")] == [5, 7]
+    # a fresh run checkpoints at step 0 too (something to roll back to, or resume after an early crash)
+    assert [e["step"] for e in of_kind(events, "checkpoint")] == [0, 5, 7]
     assert RunDirectory(tmp_path / "run").checkpoint_metadata(LAST)["step"] == 7
     end = of_kind(events, "end")[0]
     assert end["step"] == 7 and end["reason"] == "max_steps"
@@ -425,9 +426,9 @@ def test_events_in_metrics_file_are_consistent(tmp_path):
 
     # checkpoints: after every eval (last, plus best when it improved) and at checkpoint_every
     checkpoints = of_kind(records, "checkpoint")
-    assert [e["step"] for e in checkpoints] == [4, 6, 8, 12]
+    assert [e["step"] for e in checkpoints] == [0, 4, 6, 8, 12]
     by_step = {e["step"]: e["which"] for e in checkpoints}
-    assert by_step[6] == [LAST]
+    assert by_step[0] == by_step[6] == [LAST]
     for e in evals:
         assert (BEST in by_step[e["step"]]) == e["best"]
         assert LAST in by_step[e["step"]]
@@ -556,17 +557,45 @@ def test_bf16_autocast_trains_with_finite_loss(tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
 
 
-def test_diverging_run_raises_charlm_error(tmp_path):
+def test_a_run_that_keeps_diverging_gives_up_after_its_rollbacks(tmp_path):
     corpus = make_corpus(tmp_path, word_text(800))
+    events: list[dict] = []
     trainer = new_trainer(
         tmp_path / "run", corpus,
         model=dict(cell="rnn-relu", hidden=32),
-        train=dict(lr=1e6, grad_clip=0.0, warmup_steps=0, max_steps=50, log_every=1),
+        train=dict(lr=1e6, grad_clip=0.0, warmup_steps=0, max_steps=50, log_every=1, skip_limit=3, max_rollbacks=2),
+        events=events,
     )  # fmt: skip
     with pytest.raises(CharlmError, match="--lr") as info:
         trainer.run()
-    assert "diverged" in str(info.value)
-    assert trainer.step < 50
-    # nothing non-finite was saved as a checkpoint
-    assert RunDirectory(tmp_path / "run").checkpoint_dir(LAST) is None
-    assert not (tmp_path / "run" / LAST / STATE_FILE).exists()
+    message = str(info.value)
+    assert "diverged" in message and "2 rollback(s)" in message and "--resume --lr" in message
+    # each bad step was skipped, three in a row rolled back with half the learning rate
+    rollbacks = of_kind(events, "rollback")
+    assert [e["lr_scale"] for e in rollbacks] == [0.5, 0.25]
+    assert all(e["to_step"] == 0 for e in rollbacks)
+    bad = of_kind(events, "bad_step")
+    assert [e["action"] for e in bad[:3]] == ["skip", "skip", "rollback"]
+    assert all(e["loss"] in ("nan", "inf") or not math.isfinite(float(e["loss"])) or e["grad_norm"] in ("nan", "inf")
+               for e in bad)  # fmt: skip
+    # what is on disk is the last good checkpoint, with finite weights
+    model, _ = RunDirectory(tmp_path / "run").load_model(LAST)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert RunDirectory(tmp_path / "run").load_trainer_state()["step"] == 0
+
+
+def test_on_divergence_stop_gives_up_at_the_first_bad_step(tmp_path):
+    corpus = make_corpus(tmp_path, word_text(800))
+    events: list[dict] = []
+    trainer = new_trainer(
+        tmp_path / "run", corpus,
+        model=dict(cell="rnn-relu", hidden=32),
+        train=dict(lr=1e6, grad_clip=0.0, warmup_steps=0, max_steps=50, log_every=1, on_divergence="stop"),
+        events=events,
+    )  # fmt: skip
+    with pytest.raises(CharlmError, match="--on-divergence stop"):
+        trainer.run()
+    bad = of_kind(events, "bad_step")
+    assert len(bad) == 1 and bad[0]["action"] == "stop"
+    assert trainer.step == bad[0]["step"] < 50
+    assert not of_kind(events, "rollback")

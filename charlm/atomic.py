@@ -21,7 +21,7 @@ def _current_umask() -> int:
     return mask
 
 
-_UMASK = _current_umask()
+UMASK = _current_umask()
 
 
 def fsync_dir(directory: PathLike) -> None:
@@ -48,7 +48,7 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+    os.chmod(tmp_name, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual permissions
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -64,7 +64,7 @@ def atomic_path(target: PathLike) -> Iterator[Path]:
 def temporary_folder(parent: PathLike, prefix: str) -> Path:
     """A new hidden folder in parent (for building something to rename into place)."""
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(folder, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+    os.chmod(folder, 0o777 & ~UMASK)  # mkdtemp makes 0700
     return folder
 
 

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from .atomic import atomic_write_bytes, fsync_dir, temporary_folder
+from .atomic import UMASK, atomic_write_bytes, fsync_dir, temporary_folder
 from .config import RunConfig
 from .errors import CharlmError
 from .model import RNNLM
@@ -176,12 +176,17 @@ class RunDirectory:
         work = temporary_folder(self.path, f".{which}.")
         try:
             meta = {key: json.dumps(value) for key, value in metadata.items()}
-            save_model(_unwrap(model), str(work / WEIGHTS_FILE), metadata=meta)
-            if trainer_state is not None:
-                torch.save(trainer_state, work / STATE_FILE)
+            try:
+                save_model(_unwrap(model), str(work / WEIGHTS_FILE), metadata=meta)
+                if trainer_state is not None:
+                    torch.save(trainer_state, work / STATE_FILE)
+            except (SafetensorError, RuntimeError) as exc:  # how both writers report a failed write
+                raise OSError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
             for item in work.iterdir():
+                os.chmod(item, 0o666 & ~UMASK)  # safetensors creates its file private (0600)
                 with open(item, "rb") as f:
                     os.fsync(f.fileno())
+            fsync_dir(work)
             old = self.path / f"{which}.old"
             if target.exists():
                 if old.exists():

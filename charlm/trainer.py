@@ -435,9 +435,10 @@ class Trainer:
                 f"{reason}, {self.guard.bad_streak} bad step(s) in a row after "
                 f"{self._rollbacks_in_a_row} rollback(s) (--max-rollbacks {self.config.max_rollbacks})"
             )
-        failed_at, scale = self.step, self.lr_scale
+        failed_at, scale, skipped = self.step, self.lr_scale, self.skipped_steps
         self._restore_last_checkpoint(keep_elapsed=True)  # the time budget keeps running
         self.lr_scale = min(scale, self.lr_scale) * self.config.rollback_lr_factor
+        self.skipped_steps = skipped  # the skips that led here still count, though their steps are redone
         self._rollbacks_in_a_row += 1
         self.rollbacks += 1
         self._recovering_until = max(self._recovering_until, failed_at)

@@ -5,12 +5,7 @@ state the previous window left, backpropagates through those T steps only, clips
 gradient norm, steps the optimizer, and detaches the state for the next window. The state
 is reset to zero at each epoch start, where the lanes start over.
 
-Learning rate, as a function of the step and of `progress` in [0, 1] (the largest fraction
-used of any stop budget: steps, seconds, epochs):
-
-    lr = (min_lr + (peak - min_lr) * (1 + cos(pi * progress)) / 2) * min(1, (step + 1) / warmup)
-
-so a run limited by time decays to min_lr exactly when its time is up.
+The learning rate follows optim.py's warmup + cosine schedule over the run's budget.
 
 Every step is judged by the divergence guard (guard.py) before its update: a NaN/inf loss
 or gradient, or a loss spike, skips the update; `skip_limit` bad steps in a row roll the
@@ -52,6 +47,7 @@ from .faults import FaultPlan, OutOfMemory
 from .guard import DivergenceGuard
 from .hardware import autocast
 from .model import RNNLM, detach_state, state_from_tensors, state_tensors
+from .optim import build_optimizer, learning_rate
 from .tokenizer import context_token_id
 
 STATE_FORMAT = 2
@@ -65,28 +61,6 @@ class TrainResult:
     elapsed: float
     best_val_loss: Optional[float]
     last_val_loss: Optional[float]
-
-
-def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    floor = config.lr * config.min_lr_ratio
-    cosine = floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    return cosine * warmup
-
-
-def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        # Matrices decay; biases and the embedding table (a lookup, not a map) do not.
-        (decay if param.dim() >= 2 and not name.startswith("embedding") else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    try:
-        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True)
-    except (RuntimeError, TypeError):  # older torch has no fused kernel for this device
-        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

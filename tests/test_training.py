@@ -32,7 +32,8 @@ from charlm.tokenizer import context_token_id
 from charlm.generate import Generator
 from charlm.hardware import cpu_supports_bf16
 from charlm.model import state_tensors
-from charlm.trainer import Trainer, learning_rate
+from charlm.optim import learning_rate
+from charlm.trainer import Trainer
 
 CPU = torch.device("cpu")
 

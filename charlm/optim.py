@@ -1,0 +1,40 @@
+"""The optimizer and the learning-rate schedule.
+
+AdamW (the fused kernel where torch has one for the device) with weight decay on weight
+matrices only, and a learning rate that is a function of the step and of `progress` in
+[0, 1] (the largest fraction used of any stop budget: steps, seconds, epochs):
+
+    lr = (min_lr + (peak - min_lr) * (1 + cos(pi * progress)) / 2) * min(1, (step + 1) / warmup)
+
+so a run limited by time decays to min_lr exactly when its time is up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import TrainConfig
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    floor = config.lr * config.min_lr_ratio
+    cosine = floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    return cosine * warmup
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        # Matrices decay; biases and the embedding table (a lookup, not a map) do not.
+        (decay if param.dim() >= 2 and not name.startswith("embedding") else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True)
+    except (RuntimeError, TypeError):  # older torch has no fused kernel for this device
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))

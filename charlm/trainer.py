@@ -259,15 +259,15 @@ class Trainer:
                 self.run_dir.save_checkpoint(BEST, self.model, meta)
             self.run_dir.save_checkpoint(LAST, self.model, meta, self.trainer_state())
         except OSError as exc:
-            intact = (
-                f"the checkpoint from step {self.last_checkpoint_step} is intact; "
-                if self.last_checkpoint_step is not None
-                else ""
-            )
+            if self.last_checkpoint_step is not None:
+                then = (
+                    f"the checkpoint from step {self.last_checkpoint_step} is intact; free some disk space, "
+                    f"then continue with: charlm train --out {self.run_dir.path} --resume"
+                )
+            else:
+                then = "free some disk space, then start the run again with --overwrite"
             raise CharlmError(
-                f"cannot write the checkpoint at step {self.step} in {self.run_dir.path} "
-                f"({exc.strerror or exc}); {intact}free some disk space, then continue with: "
-                f"charlm train --out {self.run_dir.path} --resume"
+                f"cannot write the checkpoint at step {self.step} in {self.run_dir.path} ({exc.strerror or exc}); {then}"
             ) from None
         self.last_checkpoint_step = self.step
         self._last_save_clock = time.monotonic()

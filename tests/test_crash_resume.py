@@ -131,8 +131,8 @@ def _starts(out: Path) -> int:
     return sum('"event": "start"' in line for line in lines)
 
 
-def _wait_for_training(out: Path, proc: subprocess.Popen, starts_before: int, deadline: float) -> bool:
-    """Wait until this process has logged a train event (after its own start event).
+def _wait_for_training(out: Path, proc: subprocess.Popen, starts_before: int, deadline: float, step: int = 1) -> bool:
+    """Wait until this process has logged a train event at `step` or later (after its own start).
 
     starts_before: start events in metrics.jsonl before the process was launched; the lines
     after the newest start are this process's. False if the process ended first."""
@@ -144,9 +144,11 @@ def _wait_for_training(out: Path, proc: subprocess.Popen, starts_before: int, de
         except FileNotFoundError:
             lines = []
         starts = [i for i, line in enumerate(lines) if '"event": "start"' in line]
-        if len(starts) > starts_before and any('"event": "train"' in line for line in lines[starts[-1]:]):
-            return True
-        time.sleep(0.02)
+        if len(starts) > starts_before:
+            for line in lines[starts[-1] :]:
+                if '"event": "train"' in line and json.loads(line)["step"] >= step:
+                    return True
+        time.sleep(0.005)
     raise AssertionError("the training process made no progress in time")
 
 
@@ -155,19 +157,21 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(setting, tmp_pat
     out = tmp_path / "run"
     env = environment(data_dir)
     rng = random.Random(int(os.environ.get("CHARLM_TEST_SEED", "20261125")))
+    # the first kill lands in start-up; the others at a random step of their own stretch of the run
+    targets = [None] + [rng.randint(low, low + 45) for low in (40, 100, 160, 220)]
     command, resumes, killed_at = train_command(corpus, out), 0, []
-    for attempt in range(5):
+    for attempt, target in enumerate(targets):
         starts_before = _starts(out) if command[-1] == "--resume" else 0
         proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         try:
-            if attempt == 0:
+            if target is None:
                 # anywhere in start-up: importing, preparing the corpus, writing the run, step 0
-                time.sleep(rng.uniform(0.5, 3.0))
+                time.sleep(rng.uniform(0.2, 1.5))
             else:
-                trained = _wait_for_training(out, proc, starts_before, time.monotonic() + 120)
+                trained = _wait_for_training(out, proc, starts_before, time.monotonic() + 120, target)
                 assert trained, f"the resumed run ended early:\n{proc.stderr.read().decode()}"
-                time.sleep(rng.uniform(0.0, 0.6))  # in a step, a log line or a checkpoint write
+                time.sleep(rng.uniform(0.0, 0.03))  # in a step, a log line or a checkpoint write
             assert proc.poll() is None, "the run finished before it could be killed"
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
@@ -188,6 +192,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(setting, tmp_pat
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert sum(step is not None for step in killed_at) >= 4, f"checkpoints at the kills: {killed_at}"
+    assert killed_at[1:] == sorted(killed_at[1:]) and len(set(killed_at[1:])) == 4  # each kill in a new stretch
     assert_same_as_reference(out, reference)
     # one resume marker per resumed process, and no leftovers of interrupted writes
     assert sum(e["event"] == "resume" for e in events(out)) == resumes
@@ -301,3 +306,23 @@ def test_the_guard_skips_a_nan_loss_and_rolls_back_nan_weights(setting, tmp_path
     assert end["event"] == "end" and end["step"] == STEPS and end["rollbacks"] == 1 and end["skipped_steps"] == 4
     assert all(torch.isfinite(t).all() for t in weights(out).values())
     assert "update skipped" in done.stderr and "rolled back from step 162" in done.stderr
+
+
+def test_a_first_checkpoint_the_disk_refuses_says_to_start_again(setting, tmp_path):
+    corpus, data_dir, reference = setting
+    out = tmp_path / "run"
+    env = environment(data_dir)  # the corpus cache is already built by the reference run
+    weights_size = (reference / LAST / WEIGHTS_FILE).stat().st_size
+    full = run(train_command(corpus, out), env, tmp_path, preexec=_file_size_limit(weights_size // 2))
+    assert full.returncode == 1
+    error = [line for line in full.stderr.splitlines() if line.startswith("charlm: error:")]
+    assert len(error) == 1 and "Traceback" not in full.stderr
+    assert "cannot write the checkpoint at step 0" in error[0] and "start the run again with --overwrite" in error[0]
+    assert assert_loadable(out) is None
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+    refused = run(resume_command(out), env, tmp_path)
+    assert refused.returncode == 1 and "stopped before its first checkpoint" in refused.stderr
+    done = run(train_command(corpus, out, "--overwrite"), env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_same_as_reference(out, reference)

@@ -7,11 +7,14 @@ exit, no traceback. Options can also come from the environment as CHARLM_<COMMAN
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,8 +46,9 @@ from .errors import CharlmError
 from .evaluate import DEFAULT_LANES, DEFAULT_WINDOW, Scorer
 from .faults import ENV_VAR as FAULTS_ENV_VAR
 from .faults import FaultPlan
-from .generate import Generator
+from .generate import MAX_SAMPLES, MAX_TOKENS, Generator, check_counts
 from .hardware import resolve_device, resolve_precision, set_threads
+from .preflight import check_out_writable, check_training_memory, create_run_directory
 from .trainer import Trainer
 
 _T, _M = TrainConfig, ModelConfig  # option defaults live in the dataclasses
@@ -56,6 +60,8 @@ CONTEXT = dict(help_option_names=["-h", "--help"], show_default=True)
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+MAX_PROMPT_BYTES = 16 << 20  # --prompt-file; the prompt is primed in windows, but held whole
+MAX_STDIN_BYTES = 1 << 30  # perplexity --data -: so an endless pipe (< /dev/zero) ends with an error
 
 
 class CharlmGroup(click.Group):
@@ -75,6 +81,10 @@ class CharlmGroup(click.Group):
             ctx = getattr(exc, "ctx", None)
             if ctx is not None:
                 hint = f" (see '{ctx.command_path} --help')"
+                param = getattr(exc, "param", None)
+                envvar = _envvar_of(ctx, getattr(param, "name", None)) if param is not None else None
+                if envvar:
+                    hint = f" (set by the environment variable {envvar})" + hint
             console.error(exc.format_message().replace("\n", " ") + hint)
             sys.exit(exc.exit_code)
         except (click.Abort, KeyboardInterrupt):
@@ -182,6 +192,27 @@ def _given(ctx: click.Context, name: str) -> bool:
     return source not in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
 
 
+def _envvar_of(ctx: click.Context, name: Optional[str]) -> Optional[str]:
+    """The environment variable an option's value came from, if it came from one."""
+    if not name or ctx.get_parameter_source(name) != click.core.ParameterSource.ENVIRONMENT:
+        return None
+    return f"{ctx.auto_envvar_prefix}_{name}".upper()
+
+
+@contextlib.contextmanager
+def _naming_environment(ctx: click.Context):
+    """A bad value set through CHARLM_<COMMAND>_<OPTION> is reported with that variable's
+    name, since the user typed no such option."""
+    try:
+        yield
+    except CharlmError as exc:
+        found = re.match(r"--([a-z0-9-]+)", str(exc))
+        envvar = _envvar_of(ctx, found.group(1).replace("-", "_")) if found else None
+        if envvar is None:
+            raise
+        raise CharlmError(f"{exc} (set by the environment variable {envvar})") from None
+
+
 @cli.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
              "CHARLM_TRAIN_<OPTION>, e.g. CHARLM_TRAIN_MAX_STEPS=1000 or CHARLM_TRAIN_DEVICE=cpu.")
 @click.option("--data", "-d", default=DEFAULT_CORPUS, metavar="PATH|NAME",
@@ -283,20 +314,26 @@ def train(ctx: click.Context, **options: Any) -> None:
                 options[name] = str(Path(options[name]).expanduser().resolve())
         _apply_cadence(options)
         train_config = TrainConfig(**options)
-        train_config.validate()
-        ModelConfig(vocab_size=2, **model_options).validate()
+        with _naming_environment(ctx):
+            train_config.validate()
+            ModelConfig(vocab_size=2, **model_options).validate()
 
-    if out is not None and not resume:
-        RunDirectory(out).check(overwrite=overwrite)  # fail before a long corpus preparation
+    if not resume:  # fail before a long corpus preparation
+        if out is not None:
+            RunDirectory(out).check(overwrite=overwrite)
+        check_out_writable(out if out is not None else Path("runs"))
     main_source = None
     if not resume and not _given(ctx, "data"):
         label, files, notes = resolve_default_corpus()
         main_source = TextSource(label=label, files=files, notes=notes)
         train_config.data = label
 
-    device = resolve_device(train_config.device)
-    precision = resolve_precision(train_config.precision, device)
-    threads = set_threads(train_config.threads)
+    with _naming_environment(ctx):
+        device = resolve_device(train_config.device)
+        precision = resolve_precision(train_config.precision, device)
+        threads = set_threads(train_config.threads)
+    shape = {name: getattr(model_config, name) for name in model_options} if resume else model_options
+    check_training_memory(shape, train_config, device, precision)  # before reading the corpus
 
     started = time.perf_counter()
     corpus = prepare_corpus(
@@ -329,14 +366,14 @@ def train(ctx: click.Context, **options: Any) -> None:
     else:
         model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_options)
         model_config.validate()
+        check_training_memory(model_options, train_config, device, precision, corpus.tokenizer.vocab_size)
         if out is None:
             out = Path("runs") / f"{corpus.label}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = RunDirectory(out)
-        run_dir.prepare(overwrite=overwrite)
-        run_dir.save_tokenizer(corpus.tokenizer)
-        run_dir.write_config(
+        create_run_directory(
+            run_dir, overwrite, corpus.tokenizer,
             RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind,
-                      charlm_version=__version__)
+                      charlm_version=__version__),
         )
     console.info(f"run directory: {run_dir.path}")
 
@@ -376,6 +413,38 @@ def _check_same_tokenizer(run_dir: RunDirectory, corpus) -> None:
         )
 
 
+def _read_prompt_file(path: Path) -> str:
+    """The text of --prompt-file: UTF-8, at most MAX_PROMPT_BYTES (so /dev/zero cannot run
+    the machine out of memory; a pipe such as <(command) is fine)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROMPT_BYTES + 1)
+    except FileNotFoundError:
+        raise CharlmError(f"--prompt-file: no such file: {path}") from None
+    except IsADirectoryError:
+        raise CharlmError(f"--prompt-file: {path} is a folder; give a text file") from None
+    except OSError as exc:
+        raise CharlmError(f"--prompt-file: {path} cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise CharlmError(
+            f"--prompt-file: {path} is larger than {MAX_PROMPT_BYTES >> 20} MiB, the most a prompt may be; "
+            "give the end of it"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CharlmError(f"--prompt-file: {path} is not UTF-8 (byte {exc.start}); convert it") from None
+
+
+def _show_char(ch: str) -> str:
+    """A character for a notice: quoted when it prints as itself, else its code point (a
+    control character, a bidi override or a lone combining mark would act on the terminal
+    or on the text around it)."""
+    if ch.isprintable() and unicodedata.category(ch)[0] not in "MCZ":
+        return repr(ch)
+    return f"U+{ord(ch):04X}"
+
+
 def _unescape(text: str) -> str:
     r"""Read \n, \t, \r and \\ in a command-line string as the characters they name."""
     escapes = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -394,13 +463,16 @@ def _unescape(text: str) -> str:
              "CHARLM_GENERATE_<OPTION>, e.g. CHARLM_GENERATE_TEMPERATURE=0.5.")
 @click.argument("run", type=click.Path(path_type=Path), metavar="RUN_DIR")
 @click.option("--prompt", "-p", default="", help="Text to continue; it is printed before the continuation.")
-@click.option("--prompt-file", type=click.Path(path_type=Path, dir_okay=False), help="Read the prompt from a file.")
-@click.option("--max-tokens", "-n", type=int, default=500, help="Tokens to generate per sample.")
+@click.option("--prompt-file", type=click.Path(path_type=Path, dir_okay=False),
+              help=f"Read the prompt from a file (UTF-8, at most {MAX_PROMPT_BYTES >> 20} MiB).")
+@click.option("--max-tokens", "-n", type=int, default=500,
+              help=f"Tokens to generate per sample (at most {MAX_TOKENS:,}).")
 @click.option("--temperature", type=float, default=SampleConfig.temperature, help="0 is greedy; higher is wilder.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (same as --temperature 0).")
 @click.option("--top-k", type=int, help="Sample only from the k most likely tokens (clamped to the vocabulary).")
 @click.option("--top-p", type=float, help="Sample only from the smallest set of tokens with at least this probability.")
-@click.option("--num-samples", "-N", type=int, default=1, help="Samples to make, together as one batch.")
+@click.option("--num-samples", "-N", type=int, default=1,
+              help=f"Samples to make, together as one batch (at most {MAX_SAMPLES:,}, and what fits in memory).")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED - 1),
               help="Random seed: the same seed gives the same text on the same machine and device.")
 @click.option("--stop", multiple=True, metavar="TEXT",
@@ -418,20 +490,12 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
     if prompt_file is not None:
         if prompt:
             raise CharlmError("give --prompt or --prompt-file, not both")
-        try:
-            prompt = prompt_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise CharlmError(f"--prompt-file: no such file: {prompt_file}") from None
-        except UnicodeDecodeError as exc:
-            raise CharlmError(f"--prompt-file: {prompt_file} is not UTF-8 (byte {exc.start}); convert it") from None
+        prompt = _read_prompt_file(prompt_file)
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as exc:  # argument bytes that are not UTF-8 arrive as lone surrogates
         raise CharlmError(f"--prompt: character {exc.start} is not valid UTF-8; give the prompt as UTF-8 text") from None
-    if max_tokens < 0:
-        raise CharlmError(f"--max-tokens must be 0 or more (got {max_tokens})")
-    if num_samples < 1:
-        raise CharlmError(f"--num-samples must be at least 1 (got {num_samples})")
+    check_counts(num_samples, max_tokens)  # before loading the model; its memory is checked after
     if threads is not None and threads < 1:
         raise CharlmError(f"--threads must be at least 1 (got {threads})")
     sample_config = SampleConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p)
@@ -439,13 +503,19 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
     stops = [_unescape(s) for s in stop]
     if any(not s for s in stops):
         raise CharlmError("--stop needs some text")
+    for text in stops:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CharlmError(f"--stop {text!r} is not valid UTF-8; give the stop text as UTF-8") from None
 
     torch_device = resolve_device(device)
     set_threads(threads)
     generator = Generator(run, device=torch_device, checkpoint=checkpoint)
+    generator.check_limits(num_samples, max_tokens)  # before anything is printed
     unknown = generator.unknown_in_prompt(prompt)
     if unknown:
-        shown = ", ".join(repr(ch) for ch in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        shown = ", ".join(_show_char(ch) for ch in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         console.warn(f"the model never saw {len(unknown)} prompt character(s): {shown}; they are left out")
     if seed is None:
         seed = int(torch.seed() % (1 << 31))
@@ -511,11 +581,15 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
     torch_device = resolve_device(device)
     precision = resolve_precision(precision, torch_device)
     set_threads(threads)
+    # the text first: a mistake in --data is reported before the model is loaded
+    lines = _read_lines(data, field, encoding_errors) if per_line else None
+    chunks = _read_text(data, encoding_errors) if data is not None and not per_line else None
+    if chunks is not None and not any(chunks):
+        raise CharlmError(f"--data {data}: nothing to score, the text is empty; give some text")
     scorer = Scorer(run, device=torch_device, precision=precision, checkpoint=checkpoint, lanes=lanes, window=window)
     console.note(f"{scorer.checkpoint} checkpoint of {run}; {scorer.tokenizer.kind} tokenizer; {precision}")
 
-    if per_line:
-        lines = _read_lines(data, field, encoding_errors)
+    if lines is not None:
         scores = scorer.score_lines([text for _, text in lines])
         if as_json:
             for (number, text), score in zip(lines, scores):
@@ -530,7 +604,7 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
         label = f"{label} split of {run}"
     else:
         label = "stdin" if data == "-" else data
-        score = scorer.score_text(_read_text(data, encoding_errors))
+        score = scorer.score_text(chunks)
     context = scorer.tokenizer.decode([scorer.context_id])
     resets = score.context_resets
     method = (f"{score.lanes} lane{'s' if score.lanes != 1 else ''} ({resets} context reset{'s' if resets != 1 else ''}), "
@@ -551,7 +625,12 @@ def _warn_unknown(console: Console, unknown: int) -> None:
 def _read_text(data: str, errors: str) -> list[str]:
     """The text of --data as chunks cut at newlines (a file, a folder, or - for stdin)."""
     if data == "-":
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+        if len(raw) > MAX_STDIN_BYTES:
+            raise CharlmError(
+                f"stdin gave more than {MAX_STDIN_BYTES >> 30} GiB, the most --data - reads; "
+                "save the text to a file and pass --data FILE"
+            )
         try:
             text = raw.decode("utf-8", errors=errors)
         except UnicodeDecodeError as exc:
@@ -564,6 +643,7 @@ def _read_text(data: str, errors: str) -> list[str]:
 def _read_lines(data: str, field: Optional[str], errors: str) -> list[tuple[int, str]]:
     """(line number, text) for each line of --data; with --field, that field of each JSON line."""
     text = "".join(_read_text(data, errors))
+    where = "--data -" if data == "-" else f"--data {data}"
     lines = []
     for number, line in enumerate(text.split("\n"), start=1):
         line = line[:-1] if line.endswith("\r") else line
@@ -573,10 +653,20 @@ def _read_lines(data: str, field: Optional[str], errors: str) -> list[tuple[int,
             try:
                 record = json.loads(line)
                 value = record[field]
-            except (ValueError, KeyError, TypeError):
-                raise CharlmError(f"--data line {number} is not a JSON object with a {field!r} field") from None
+            except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+                raise CharlmError(
+                    f"{where} line {number} is not a JSON object with a {field!r} field; "
+                    "give one JSON object per line, or leave out --field"
+                ) from None
             if not isinstance(value, str):
-                raise CharlmError(f"--data line {number}: field {field!r} is not text")
+                raise CharlmError(f"{where} line {number}: field {field!r} is not text")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a "\ud800" escape in the JSON
+                raise CharlmError(
+                    f"{where} line {number}: field {field!r} is not valid Unicode: character {exc.start} is "
+                    f"U+{ord(value[exc.start]):04X}, a lone surrogate (a \\u escape in the JSON); give UTF-8 text"
+                ) from None
             line = value
         lines.append((number, line))
     if lines and lines[-1][1] == "" and text.endswith("\n") and not field:

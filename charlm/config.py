@@ -24,6 +24,7 @@ ENCODING_ERRORS = ("strict", "replace")
 DIVERGENCE_ACTIONS = ("skip", "rollback", "stop")
 
 MAX_SEED = 1 << 63
+MAX_SPM_VOCAB = 1_000_000
 # Used when the user sets none of --max-steps, --max-time, --epochs.
 DEFAULT_MAX_TIME_S = 300.0
 
@@ -46,8 +47,11 @@ def _check_types(obj) -> None:
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         if kind in ("int", "Optional[int]") and (isinstance(value, bool) or not isinstance(value, int)):
             raise CharlmError(f"{_option(f.name)} must be a whole number (got {value!r})")
-        if kind in ("float", "Optional[float]") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise CharlmError(f"{_option(f.name)} must be a number (got {value!r})")
+        if kind in ("float", "Optional[float]"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise CharlmError(f"{_option(f.name)} must be a number (got {value!r})")
+            if not math.isfinite(value):  # nan slips past every range check; inf is never meant
+                raise CharlmError(f"{_option(f.name)} must be a finite number (got {value})")
         if kind == "bool" and not isinstance(value, bool):
             raise CharlmError(f"{_option(f.name)} must be true or false (got {value!r})")
         if kind in ("str", "Optional[str]") and not isinstance(value, str):
@@ -168,6 +172,12 @@ class TrainConfig(_Options):
                 self.vocab_size > 260,
                 "vocab_size",
                 f"must be above 260 for sentencepiece, which reserves 256 byte pieces (got {self.vocab_size})",
+            )
+            # SentencePiece ran for minutes without end at 2**31-1 in a trial; a million is plenty.
+            _check(
+                self.vocab_size <= MAX_SPM_VOCAB,
+                "vocab_size",
+                f"must be at most {MAX_SPM_VOCAB:,} for sentencepiece (got {self.vocab_size:,})",
             )
         _check(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
         _check(self.seq_len >= 1, "seq_len", f"must be at least 1 (got {self.seq_len})")

@@ -20,6 +20,16 @@ PROGRESS_UNITS = 1000
 PLAIN_LINE_INTERVAL_S = 10.0
 
 
+def _plain(message: str) -> str:
+    """A message made safe for a terminal: control characters (ESC sequences, carriage
+    returns, newlines), bidi overrides and other invisible format characters, and lone
+    surrogates are shown as escapes, so a file name or a prompt cannot restyle, move or
+    rewrite what the terminal shows, and a message stays on one line."""
+    if message.isprintable():
+        return message
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -36,20 +46,20 @@ class Console:
         return self.err.is_terminal
 
     def info(self, message: str) -> None:
-        self.err.print(Text(message))
+        self.err.print(Text(_plain(message)))
 
     def note(self, message: str) -> None:
-        self.err.print(Text(message, style="dim"))
+        self.err.print(Text(_plain(message), style="dim"))
 
     def warn(self, message: str) -> None:
-        self.err.print(Text("warning: ", style="yellow bold") + Text(message))
+        self.err.print(Text("warning: ", style="yellow bold") + Text(_plain(message)))
 
     def error(self, message: str) -> None:
         # one line, whatever the terminal width
-        self.err.print(Text("charlm: error: ", style="red bold") + Text(message), soft_wrap=True)
+        self.err.print(Text("charlm: error: ", style="red bold") + Text(_plain(message)), soft_wrap=True)
 
     def heading(self, message: str) -> None:
-        self.err.print(Text(message, style="bold"))
+        self.err.print(Text(_plain(message), style="bold"))
 
     @staticmethod
     def write_text(text: str) -> None:
@@ -196,7 +206,7 @@ def _stdout_console() -> RichConsole:
 
 def print_score(label: str, score: Any, method: str) -> None:
     """A text's scores as a two-column table on stdout."""
-    table = Table(title=Text(f"scores for {label}"), show_header=False, box=None, padding=(0, 2))
+    table = Table(title=Text(_plain(f"scores for {label}")), show_header=False, box=None, padding=(0, 2))
     table.add_column(justify="left")
     table.add_column(justify="right")
     rows = [
@@ -226,7 +236,7 @@ def print_line_scores(lines: list[tuple[int, str]], scores: list[Any], preview: 
                           ("bits/char", "right"), ("perplexity", "right"), ("text", "left")):
         table.add_column(name, justify=justify)
     for (number, text), score in zip(lines, scores):
-        shown = text if len(text) <= preview else text[: preview - 1] + "…"
+        shown = _plain(text if len(text) <= preview else text[: preview - 1] + "…")  # a preview, not data
         if not score.tokens:
             table.add_row(str(number), "0", "-", "-", "-", Text(shown))
             continue

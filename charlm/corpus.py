@@ -13,13 +13,19 @@ unless --val-data / --test-data name their own sources. The tokenizer is fitted 
 training split only. Each split is encoded chunk by chunk into <split>.npy (the smallest
 unsigned dtype that holds the vocabulary) in a cache folder keyed by the sources (path,
 size, mtime) and the tokenizer options, then memory-mapped; a second run with the same
-corpus and tokenizer reuses it without reading the text again.
+corpus and tokenizer reuses it without reading the text again. A cache folder appears
+whole (built under a hidden name, then renamed) or not at all, a full disk included, and
+one that no longer matches its meta.json is rebuilt rather than trusted.
+
+Only regular files are read: devices, pipes and sockets are refused (reading /dev/zero
+never ends, a FIFO waits forever), and so is a file named directly that looks binary.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import json
 import os
 import re
@@ -32,7 +38,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes, fsync_dir, temporary_folder
 from .corpora import NAMED_CORPORA, resolve_named_corpus
-from .errors import CharlmError
+from .errors import CharlmError, write_error
 from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, token_dtype
 
 READ_CHUNK_BYTES = 4 << 20
@@ -100,7 +106,10 @@ def _iter_file_text(path: Path, errors: str) -> Iterator[str]:
         raise CharlmError(f"cannot read {path}: {exc.strerror}") from None
     with f:
         while True:
-            block = f.read(READ_CHUNK_BYTES)
+            try:
+                block = f.read(READ_CHUNK_BYTES)
+            except OSError as exc:  # e.g. EIO from a failing disk or a /proc file like /proc/self/mem
+                raise CharlmError(f"cannot read {path} at byte {offset:,} ({exc.strerror or exc}); check the file") from None
             final = not block
             pending = len(decoder.getstate()[0])
             try:
@@ -134,6 +143,22 @@ def _is_binary(path: Path) -> bool:
         return True
 
 
+def _refuse_binary(path: Path, option: str) -> None:
+    """A corpus named directly must be text: a NUL byte early on means an image, archive,
+    executable or UTF-16 file, which would only train the model on noise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(BINARY_SNIFF_BYTES)
+    except OSError as exc:
+        raise CharlmError(f"{option}: cannot read {path} ({exc.strerror or exc}); check the file") from None
+    nul = head.find(b"\0")
+    if nul >= 0:
+        raise CharlmError(
+            f"{option}: {path} looks like a binary file, not text (a NUL byte at offset {nul}); "
+            "give a UTF-8 text file (convert UTF-16 text to UTF-8 first)"
+        )
+
+
 def _folder_files(folder: Path) -> tuple[list[Path], int]:
     files, skipped = [], 0
     for root, dirs, names in os.walk(folder):
@@ -156,18 +181,28 @@ def resolve_source(spec: str, option: str = "--data", data_dir: Optional[Path] =
     """Turn a --data value into files: an existing path first, then a named corpus."""
     path = Path(spec).expanduser()
     if path.is_file():
+        _refuse_binary(path, option)
         return TextSource(label=path.stem, files=[path])
     if path.is_dir():
         files, skipped = _folder_files(path)
         if not files:
-            raise CharlmError(f"{option}: folder {path} has no text files; point it at a folder of .txt or source files")
-        notes = [f"skipped {skipped} binary file(s) in {path}"] if skipped else []
+            also = f" ({skipped} binary or unreadable file(s) skipped)" if skipped else ""
+            raise CharlmError(
+                f"{option}: folder {path} has no text files{also}; point it at a folder of .txt or source files"
+            )
+        notes = [f"skipped {skipped} binary or unreadable file(s) in {path}"] if skipped else []
         return TextSource(label=path.resolve().name, files=files, notes=notes)
     if spec in NAMED_CORPORA:
         label, files, notes = resolve_named_corpus(spec, data_dir)
         return TextSource(label=label, files=files, notes=notes)
+    if path.is_symlink() and not path.exists():
+        raise CharlmError(f"{option}: {path} is a broken or looping symbolic link; give a text file or folder")
     if path.exists():
-        raise CharlmError(f"{option}: {path} is neither a regular file nor a folder")
+        # a device (/dev/zero never ends), a FIFO (reading it would wait forever) or a socket
+        raise CharlmError(
+            f"{option}: {path} is neither a regular file nor a folder (a device, pipe or socket); "
+            "give a text file or a folder of them"
+        )
     raise CharlmError(
         f"{option}: no such file or folder: {spec!r} (named corpora: {', '.join(sorted(NAMED_CORPORA))})"
     )
@@ -178,32 +213,41 @@ def resolve_source(spec: str, option: str = "--data", data_dir: Optional[Path] =
 
 
 class _TokenFileWriter:
-    """Appends id chunks to a raw file, then turns it into a .npy of the final length."""
+    """Streams id chunks into a .npy file whose header gets the final length at close.
+
+    Plain writes, no memory map: on a full disk a memory-mapped write dies of SIGBUS, a
+    plain one raises OSError(ENOSPC) that can be reported. A 1-D .npy header is 128 bytes
+    whatever the length, so the one written first is overwritten in place.
+    """
 
     def __init__(self, folder: Path, name: str, dtype: np.dtype):
         self.path = folder / f"{name}.npy"
-        self.raw_path = folder / f"{name}.raw"
         self.dtype = dtype
         self.count = 0
-        self._raw = open(self.raw_path, "wb")
+        self._file = open(self.path, "wb")
+        self._header_size = self._file.write(self._header())
+
+    def _header(self) -> bytes:
+        buffer = io.BytesIO()
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.count,)}
+        np.lib.format.write_array_header_1_0(buffer, header)
+        return buffer.getvalue()
 
     def append(self, ids: np.ndarray) -> None:
         if ids.size:
-            ids.astype(self.dtype, copy=False).tofile(self._raw)
+            self._file.write(np.ascontiguousarray(ids, dtype=self.dtype).data)
             self.count += int(ids.size)
 
     def close(self) -> None:
-        self._raw.close()
-        out = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=(self.count,))
-        if self.count:
-            raw = np.memmap(self.raw_path, dtype=self.dtype, mode="r", shape=(self.count,))
-            step = READ_CHUNK_BYTES
-            for start in range(0, self.count, step):
-                out[start : start + step] = raw[start : start + step]
-            del raw
-        out.flush()
-        del out
-        self.raw_path.unlink()
+        try:
+            header = self._header()
+            if len(header) != self._header_size:
+                raise RuntimeError(f".npy header grew from {self._header_size} to {len(header)} bytes")
+            self._file.seek(0)
+            self._file.write(header)
+            self._file.flush()
+        finally:
+            self._file.close()
 
 
 def _slice_stream(chunks: Iterator[str], start: int, end: int) -> Iterator[str]:
@@ -335,18 +379,24 @@ def prepare_corpus(
     root = Path(cache_root) if cache_root else default_cache_root(data_dir)
     folder = root / f"{main.label[:40]}-{tokenizer}-{key}"
 
-    if not (folder / "meta.json").is_file():
+    from_cache = (folder / "meta.json").is_file()
+    if from_cache:
+        try:
+            meta, tok, splits = _load_cache(folder)
+        except CharlmError:
+            # a cache folder damaged since it was written (by hand, a disk fault): never
+            # trust it, rebuild it from the text
+            _discard_cache(folder)
+            from_cache = False
+    if not from_cache:
         stage(f"reading corpus {main.label}")
         _build_cache(folder, main, val_source, test_source, key_fields, threads, stage)
-        from_cache = False
-    else:
-        from_cache = True
-
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    tok = load_tokenizer(folder)
-    splits = {}
-    for name in SPLITS:
-        splits[name] = np.load(folder / f"{name}.npy", mmap_mode="r") if meta["tokens"][name] else np.zeros(0, np.uint8)
+        meta, tok, splits = _load_cache(folder)
+    if tokenizer == "sentencepiece" and tok.vocab_size < vocab_size:
+        notes.append(
+            f"--vocab-size {vocab_size:,}: sentencepiece found only {tok.vocab_size:,} pieces in this corpus, "
+            f"so the vocabulary has {tok.vocab_size:,}; more varied text gives a larger one"
+        )
     unknown = meta.get("unknown", {})
     for name in ("val", "test"):
         if unknown.get(name):
@@ -366,6 +416,40 @@ def prepare_corpus(
         from_cache=from_cache,
         notes=notes,
     )
+
+
+def _load_cache(folder: Path) -> tuple[dict, Tokenizer, dict[str, np.ndarray]]:
+    """meta.json, the tokenizer and the memory-mapped splits of a cache folder, each
+    checked against meta.json; CharlmError when anything is missing or does not match."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        tok = load_tokenizer(folder)
+        splits = {}
+        for name in SPLITS:
+            count = int(meta["tokens"][name])
+            if not count:
+                splits[name] = np.zeros(0, np.uint8)
+                continue
+            array = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            if array.ndim != 1 or len(array) != count or array.dtype != token_dtype(tok.vocab_size):
+                raise ValueError(f"{name}.npy holds {array.shape} {array.dtype}, meta.json says {count}")
+            splits[name] = array
+        for key in ("chars", "bytes", "words", "unknown"):
+            if not isinstance(meta[key], dict):
+                raise ValueError(f"meta.json {key} is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CharlmError(f"token cache {folder} is damaged ({exc}); delete it and run again") from None
+    return meta, tok, splits
+
+
+def _discard_cache(folder: Path) -> None:
+    """Move a cache folder out of the way (atomically, so no reader sees half of it) and delete it."""
+    doomed = folder.with_name(f".{folder.name}.damaged-{os.getpid()}")
+    try:
+        os.rename(folder, doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _build_cache(folder, main, val_source, test_source, key_fields, threads, stage) -> None:
@@ -400,6 +484,17 @@ def _build_cache(folder, main, val_source, test_source, key_fields, threads, sta
         threads=threads,
     )
 
+    try:
+        _write_cache(folder, main, plans, tok, key_fields, stage)
+    except OSError as exc:  # reading the text raises CharlmError, so this is a write that failed
+        fix = "set CHARLM_CACHE_DIR to a writable folder with room"
+        raise write_error(exc, "the token cache", folder.parent, fix) from None
+
+
+def _write_cache(folder, main, plans, tok, key_fields, stage) -> None:
+    """Encode every split into a hidden work folder, then rename it into place: a cache folder
+    with a meta.json is complete, and a failure at any point leaves none."""
+    errors = key_fields["encoding_errors"]
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = temporary_folder(folder.parent, f".{folder.name}.")
     try:

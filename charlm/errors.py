@@ -5,6 +5,22 @@ CharlmError into a single line on stderr and a non-zero exit; library callers ca
 catch it like any other exception.
 """
 
+import errno
+
+# errno values that mean the disk, a quota or a file size limit is full
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+
 
 class CharlmError(Exception):
     """A user-facing error: bad input, bad option, missing or damaged file."""
+
+
+def write_error(exc: OSError, what: str, where, fix: str) -> CharlmError:
+    """The CharlmError for an OSError raised while writing `what` in `where`; a full disk
+    (or quota, or file size limit) says so, since the fix is then to free space."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in NO_SPACE:
+        return CharlmError(
+            f"no space left to write {what} in {where} ({reason}); free some disk space or {fix}, then run again"
+        )
+    return CharlmError(f"cannot write {what} in {where} ({reason}); {fix}")

@@ -237,7 +237,7 @@ class Scorer:
         if isinstance(source, (str, Path)):
             self.run = RunDirectory(source)
             self.config = self.run.read_config()
-            tokenizer = self.run.load_tokenizer()
+            tokenizer = self.run.load_tokenizer(self.config)
             source, self.checkpoint = self.run.load_model(checkpoint, device=device, config=self.config)
             if lanes is None:
                 lanes = self.config.train.eval_batch_size

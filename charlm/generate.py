@@ -1,22 +1,28 @@
-"""Generator: prime a model on a prompt in one forward pass, then sample token by token.
+"""Generator: prime a model on a prompt, then sample token by token.
 
     gen = Generator("runs/mine")                      # or Generator(model, tokenizer)
     for text in gen.stream("ROMEO:", max_tokens=300, config=SampleConfig(temperature=0.8)):
         print(text, end="", flush=True)
 
-The prompt goes through nn.LSTM/GRU/RNN in one call (the fused kernel, all time steps at
-once); the tokens after it come from the Stepper (stepper.py), one step for all samples of
-the batch. Text comes out as it is made: per sample, ids are decoded incrementally, so a
-character that spans several tokens is held back until it is whole, and byte-level tokens
-are kept on valid UTF-8 (utf8.py). Stop strings end a sample; text that might be the start
-of one is held back until it is clear.
+The prompt goes through nn.LSTM/GRU/RNN in a few calls (the fused kernel, PRIME_WINDOW time
+steps at a time, so a long prompt never holds logits for all of it); the tokens after it come
+from the Stepper (stepper.py), one step for all samples of the batch. Text comes out as it is
+made: per sample, ids are decoded incrementally, so a character that spans several tokens is
+held back until it is whole, and byte-level tokens are kept on valid UTF-8 (utf8.py). Stop
+strings end a sample; text that might be the start of one is held back until it is clear.
 
 Prompt characters the model never saw (char tokenizer only) are left out of the prompt;
 `unknown_in_prompt` names them so a caller can warn.
+
+Limits, so a mistyped number is an error rather than a crash or an exhausted machine: at most
+MAX_TOKENS tokens per sample and MAX_SAMPLES samples, and a batch whose estimated memory (the
+per-sample logits and sampling buffers, the recurrent state, the decoders and the text each
+sample keeps) exceeds what the machine has free is refused before it starts.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -25,11 +31,35 @@ import torch
 
 from .config import SampleConfig
 from .errors import CharlmError
+from .hardware import available_memory, require_memory
 from .model import RNNLM
 from .sampling import next_token
 from .stepper import Stepper
 from .tokenizer import StreamDecoder, Tokenizer, context_token_id
 from .utf8 import Utf8Guard, needs_guard
+
+
+# Ten million tokens is hours of sampling on a CPU and tens of MB of text per sample, all of
+# which is kept (for --json, for the samples printed after the first, for last_results).
+MAX_TOKENS = 10_000_000
+# The sampling loop visits every sample in Python at each step; past this it crawls.
+MAX_SAMPLES = 1_000_000
+PRIME_WINDOW = 4096  # prompt tokens per forward pass while priming
+
+
+def check_counts(num_samples: int, max_tokens: int) -> None:
+    """Refuse sample and token counts outside the fixed limits (memory is checked apart)."""
+    if num_samples < 1:
+        raise CharlmError(f"--num-samples must be at least 1 (got {num_samples})")
+    if num_samples > MAX_SAMPLES:
+        raise CharlmError(f"--num-samples must be at most {MAX_SAMPLES:,} (got {num_samples:,}); run it in parts")
+    if max_tokens < 0:
+        raise CharlmError(f"--max-tokens must be 0 or more (got {max_tokens})")
+    if max_tokens > MAX_TOKENS:
+        raise CharlmError(
+            f"--max-tokens must be at most {MAX_TOKENS:,} (got {max_tokens:,}); "
+            "for longer text, generate again with the end of this one as --prompt"
+        )
 
 
 class StopScanner:
@@ -86,17 +116,23 @@ class Generator:
 
             run = RunDirectory(source)
             config = run.read_config()
-            tokenizer = run.load_tokenizer()
+            tokenizer = run.load_tokenizer(config)
             source, self.checkpoint = run.load_model(checkpoint, device=self.device, config=config)
         elif tokenizer is None:
             raise CharlmError("Generator(model, tokenizer): a model needs its tokenizer")
         else:
             self.checkpoint = None
+            if tokenizer.vocab_size != source.config.vocab_size:
+                raise CharlmError(
+                    f"Generator(model, tokenizer): the tokenizer has {tokenizer.vocab_size:,} tokens but the model "
+                    f"was built for {source.config.vocab_size:,}; give the model its own tokenizer"
+                )
         self.model = source.to(self.device).eval()
         self.tokenizer = tokenizer
         self.stepper = Stepper(self.model)
         token_bytes = tokenizer.token_bytes()
         self.guard = Utf8Guard(token_bytes, self.device) if needs_guard(token_bytes) else None
+        self._token_bytes = token_bytes
         self.last_results: list[SampleResult] = []
 
     # ----- prompt ---------------------------------------------------------------------
@@ -125,6 +161,34 @@ class Generator:
                 forbidden[i] = True
         return forbidden if bool(forbidden.any()) else None
 
+    # ----- limits ---------------------------------------------------------------------
+    def memory_per_sample(self, max_tokens: int) -> tuple[int, int]:
+        """Estimated bytes one more sample of the batch takes: (on the device, in host memory)."""
+        V = self.tokenizer.vocab_size
+        L, H = self.model.config.layers, self.model.config.hidden
+        states = 2 if self.model.config.cell == "lstm" else 1
+        # logits, their masked copy and the sampling temporaries (scaled, sorted with int64
+        # indices, softmax, cumulative sum, masks); the state and the stepper's gate buffers
+        device = 4 * V * 12 + 4 * L * H * states * 8
+        mean_token_bytes = max(1.0, sum(map(len, self._token_bytes)) / max(len(self._token_bytes), 1))
+        # each decoder's table of token bytes, and the text the sample keeps
+        host = 64 * V + 1024 + int(2 * mean_token_bytes * max_tokens)
+        return device, host
+
+    def check_limits(self, num_samples: int, max_tokens: int) -> None:
+        """Refuse counts past the fixed limits, or a batch that would not fit in memory."""
+        check_counts(num_samples, max_tokens)
+        device, host = self.memory_per_sample(max_tokens)
+        cpu = torch.device("cpu")
+        checks = [(device + host, cpu)] if self.device.type == "cpu" else [(device, self.device), (host, cpu)]
+        for per_sample, where in checks:
+            free = available_memory(where)
+            most = f" (at most about {max(free // per_sample, 0):,} fit here)" if free else ""
+            require_memory(
+                per_sample * num_samples, where, f"--num-samples {num_samples:,} x --max-tokens {max_tokens:,}",
+                f"use fewer --num-samples{most} or a smaller --max-tokens",
+            )
+
     # ----- sampling -------------------------------------------------------------------
     @torch.inference_mode()
     def stream_samples(
@@ -142,17 +206,18 @@ class Generator:
         """
         config = config or SampleConfig()
         config.validate()
-        if num_samples < 1:
-            raise CharlmError(f"--num-samples must be at least 1 (got {num_samples})")
-        if max_tokens < 0:
-            raise CharlmError(f"--max-tokens must be 0 or more (got {max_tokens})")
+        self.check_limits(num_samples, max_tokens)
         B = num_samples
         rng = torch.Generator(device=self.device)
         rng.manual_seed(seed if seed is not None else int(torch.seed() % (1 << 62)))
 
         ids = torch.tensor([self._prompt_ids(prompt)], dtype=torch.long, device=self.device)  # (1, P)
-        logits, model_state = self.model(ids)  # one pass over the whole prompt
-        last = logits[:, -1, :].float().expand(B, -1)  # (B, V)
+        model_state = None
+        for begin in range(0, ids.shape[1], PRIME_WINDOW):  # (1, V) logits kept, not (1, P, V)
+            logits, model_state = self.model(ids[:, begin : begin + PRIME_WINDOW], model_state)
+            last = logits[:, -1, :].float()
+            del logits
+        last = last.expand(B, -1)  # (B, V)
         if self.model.config.cell == "lstm":
             model_state = tuple(s.expand(-1, B, -1) for s in model_state)
         else:
@@ -163,7 +228,7 @@ class Generator:
         utf8_states = self.guard.initial(B) if self.guard is not None else None
         decoders = [StreamDecoder(self.tokenizer) for _ in range(B)]
         scanners = [StopScanner(stop) for _ in range(B)]
-        texts = [[] for _ in range(B)]
+        texts = [io.StringIO() for _ in range(B)]  # compact: a str object per token would be ~50 bytes
         counts = [0] * B
         finished = [False] * B
 
@@ -183,7 +248,7 @@ class Generator:
                 counts[b] += 1
                 text, stopped = scanners[b].push(decoders[b].push(token))
                 if text:
-                    texts[b].append(text)
+                    texts[b].write(text)
                     yield b, text
                 if stopped:
                     finished[b] = True
@@ -198,9 +263,9 @@ class Generator:
                 # an unfinished multi-byte character at the very end is dropped, not replaced
                 tail = scanners[b].flush()
                 if tail:
-                    texts[b].append(tail)
+                    texts[b].write(tail)
                     yield b, tail
-            self.last_results.append(SampleResult("".join(texts[b]), counts[b], "stop" if finished[b] else "length"))
+            self.last_results.append(SampleResult(texts[b].getvalue(), counts[b], "stop" if finished[b] else "length"))
 
     def stream(
         self,

@@ -51,12 +51,102 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def cpu_cores() -> int:
+    """Logical CPUs of the machine (not just those this process may use)."""
+    return os.cpu_count() or 1
+
+
 def set_threads(threads: Optional[int]) -> int:
-    """Set torch's intra-op threads (None: one per available core) and return the count."""
+    """Set torch's intra-op threads (None: one per available core) and return the count.
+
+    torch accepts any count, and OpenMP then crashes (a segmentation fault, no message) when
+    it cannot start that many threads: --threads 100000 did so here. More threads than the
+    machine has cores never helps, so anything above that is refused.
+    """
     if threads is None:
         try:
             threads = len(os.sched_getaffinity(0))
         except AttributeError:
-            threads = os.cpu_count() or 1
+            threads = cpu_cores()
+    cores = cpu_cores()
+    if threads < 1:
+        raise CharlmError(f"--threads must be at least 1 (got {threads})")
+    if threads > cores:
+        raise CharlmError(
+            f"--threads {threads} is more than the {cores} CPU core(s) of this machine; "
+            f"use --threads {cores} or fewer, or leave it out for one per core"
+        )
     torch.set_num_threads(threads)
     return threads
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: refuse a model or batch that cannot fit before allocating it, rather than meet
+# an allocator traceback or the kernel's OOM killer half way into a run.
+
+
+def _read_int(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None  # cgroup v2 writes "max" for no limit
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_room() -> Optional[int]:
+    """What a container's memory limit still allows (cgroup v2, else v1), if it sets one."""
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        limit = _read_int(limit_file)
+        if limit is None or limit >= 1 << 60:  # v1 says "no limit" with a huge number
+            continue
+        usage = _read_int(usage_file) or 0
+        return max(limit - usage, 0)
+    return None
+
+
+def available_memory(device: torch.device) -> Optional[int]:
+    """Bytes a new allocation can still get on device (None when it cannot be told)."""
+    if device.type == "cuda":
+        try:
+            free, _total = torch.cuda.mem_get_info(device)
+            return int(free)
+        except (RuntimeError, AssertionError):
+            return None
+    candidates = [n for n in (_meminfo_available(), _cgroup_room()) if n is not None]
+    return min(candidates) if candidates else None
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n / 1024:,.1f} KiB"
+
+
+def require_memory(needed: int, device: torch.device, what: str, fix: str) -> None:
+    """Raise CharlmError when an estimated need clearly exceeds the memory device has free."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        where = "GPU memory free" if device.type == "cuda" else "memory available"
+        raise CharlmError(f"{what} needs about {_size(needed)} but this machine has {_size(free)} {where}; {fix}")

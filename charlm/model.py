@@ -89,3 +89,32 @@ def state_tensors(state: State) -> list[torch.Tensor]:
 
 def state_from_tensors(tensors: list[torch.Tensor], cell: str) -> State:
     return (tensors[0], tensors[1]) if cell == "lstm" else tensors[0]
+
+
+_GATES = {"lstm": 4, "gru": 3, "rnn-tanh": 1, "rnn-relu": 1}
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """RNNLM(config).num_parameters(), worked out without building the model."""
+    V, E, H, L = config.vocab_size, config.embed, config.hidden, config.layers
+    g = _GATES[config.cell]
+    rnn = sum(g * H * ((E if layer == 0 else H) + H) + 2 * g * H for layer in range(L))
+    projection = H * E if config.tie_weights and H != E else 0
+    head = (0 if config.tie_weights else H * V) + V  # a tied head reuses the embedding
+    return V * E + rnn + projection + head
+
+
+def training_memory_bytes(config: ModelConfig, batch_size: int, seq_len: int, half_activations: bool = False) -> int:
+    """A rough lower estimate of the memory one training step takes, to refuse the hopeless.
+
+    Parameters cost 16 bytes each in fp32 (weights, gradients and AdamW's two moments). Per
+    token of a (B, T) batch, the step keeps the embedding (with its dropout), each layer's
+    gates, cell and output for the backward pass (and as much again for their gradients),
+    and the logits with their log-softmax and gradient. Under autocast those are half size.
+    """
+    B, T = batch_size, seq_len
+    V, E, H, L = config.vocab_size, config.embed, config.hidden, config.layers
+    g = _GATES[config.cell]
+    per_token = 3 * E + 2 * L * H * (g + 2) + 2 * H + 3 * V
+    activation_bytes = 2 if half_activations else 4
+    return 16 * count_parameters(config) + activation_bytes * B * T * per_token

@@ -8,7 +8,9 @@ Three kinds:
                  round-trip text exactly (identity normalisation, byte fallback, "\\n" kept).
 
 Every tokenizer also gives the bytes each id stands for (`token_bytes`), so a streaming
-decoder can turn ids into text one at a time even when a character spans several ids.
+decoder can turn ids into text one at a time even when a character spans several ids; for
+every kind, decode(ids) is those bytes decoded as UTF-8 (bad bytes as U+FFFD), so it agrees
+with the streaming decoder. encode refuses a str holding a lone surrogate (not Unicode text).
 All kinds are saved as tokenizer.json (plus tokenizer.model for sentencepiece) and loaded
 with `load_tokenizer`, which never executes anything from the files.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence, Union
 
@@ -25,6 +28,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .errors import CharlmError
+from .runfiles import SPM_MODEL_LIMIT, TOKENIZER_JSON_LIMIT, plain_file_name, read_bytes, read_json
 
 TOKENIZER_FILE = "tokenizer.json"
 SPM_MODEL_FILE = "tokenizer.model"
@@ -50,12 +54,34 @@ class Tokenizer(Protocol):
 
 
 def _ids_array(ids: IdsLike) -> np.ndarray:
-    return np.asarray(ids, dtype=np.int64).reshape(-1)
+    try:
+        return np.asarray(ids, dtype=np.int64).reshape(-1)
+    except OverflowError:  # an id past int64 cannot be in any vocabulary
+        raise CharlmError("token id out of range: larger than any vocabulary") from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _not_unicode(text: str) -> CharlmError:
+    """The error for a str holding a lone surrogate: not Unicode text, so it has no UTF-8
+    (Python makes them from undecodable bytes in command-line arguments, and json.loads
+    from escapes such as "\\ud800")."""
+    found = _SURROGATE.search(text)
+    where = f"character {found.start()} is U+{ord(found.group()):04X}, " if found else ""
+    return CharlmError(
+        f"the text is not valid Unicode: {where}a lone surrogate (from bytes that are not UTF-8, "
+        "or a \\u escape in JSON); give UTF-8 text"
+    )
 
 
 def _code_points(text: str) -> np.ndarray:
     # One vectorised pass instead of a Python loop per character.
-    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
+    try:
+        data = text.encode("utf-32-le")
+    except UnicodeEncodeError:
+        raise _not_unicode(text) from None
+    return np.frombuffer(data, dtype="<u4")
 
 
 class CharTokenizer:
@@ -66,7 +92,8 @@ class CharTokenizer:
 
     def __init__(self, code_points: Iterable[int]):
         chars = np.unique(np.fromiter((int(c) for c in code_points), dtype=np.int64))
-        if chars.size and (chars[0] < 0 or chars[-1] > MAX_CODE_POINT):
+        surrogates = (chars >= 0xD800) & (chars <= 0xDFFF)
+        if chars.size and (chars[0] < 0 or chars[-1] > MAX_CODE_POINT or surrogates.any()):
             raise CharlmError("tokenizer file holds an invalid code point; the run directory is damaged")
         self.code_points = chars.astype(np.uint32)
         self.vocab_size = int(self.code_points.size) + 1
@@ -99,7 +126,7 @@ class CharTokenizer:
         return self._decode_table[arr].tobytes().decode("utf-32-le", errors="replace")
 
     def token_bytes(self) -> list[bytes]:
-        return [chr(int(cp)).encode("utf-8", errors="surrogatepass") for cp in self._decode_table]
+        return [chr(int(cp)).encode("utf-8") for cp in self._decode_table]
 
     def save(self, directory: Path) -> None:
         _write_json(
@@ -116,7 +143,11 @@ class ByteTokenizer:
     unk_id: Optional[int] = None
 
     def encode(self, text: str) -> np.ndarray:
-        return np.frombuffer(text.encode("utf-8", errors="surrogatepass"), dtype=np.uint8).copy()
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _not_unicode(text) from None
+        return np.frombuffer(data, dtype=np.uint8).copy()
 
     def decode(self, ids: IdsLike) -> str:
         arr = _ids_array(ids)
@@ -234,6 +265,7 @@ class SentencePieceTokenizer:
         self.vocab_size = int(self._sp.get_piece_size())
         self.unk_id = int(self._sp.unk_id())
         self._mark_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in WHITESPACE_MARK.encode("utf-8")]
+        self._token_bytes: Optional[list[bytes]] = None
 
     @classmethod
     def train(
@@ -293,7 +325,10 @@ class SentencePieceTokenizer:
                         segments.append(part)
             else:
                 segments.append(line)
-        encoded = iter(self._sp.encode([s for s in segments if s is not None]))
+        try:
+            encoded = iter(self._sp.encode([s for s in segments if s is not None]))
+        except TypeError:  # sentencepiece's complaint about a str with no UTF-8 form
+            raise _not_unicode(text) from None
         ids: list[int] = []
         for segment in segments:
             ids.extend(self._mark_ids if segment is None else next(encoded))
@@ -303,9 +338,21 @@ class SentencePieceTokenizer:
         arr = _ids_array(ids)
         if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
             raise CharlmError(f"token id out of range for a vocabulary of {self.vocab_size}")
-        return self._sp.decode(arr.tolist())
+        # Through token_bytes rather than SentencePiece's own decode, which writes the unknown
+        # id as " \u2047 " and each bad byte of a broken UTF-8 sequence as its own U+FFFD: this
+        # way decode gives what StreamDecoder (and so generation) gives, for any ids.
+        table = self._bytes_table()
+        return b"".join([table[i] for i in arr.tolist()]).decode("utf-8", errors="replace")
 
     def token_bytes(self) -> list[bytes]:
+        return list(self._bytes_table())
+
+    def _bytes_table(self) -> list[bytes]:
+        if self._token_bytes is None:
+            self._token_bytes = self._piece_bytes()
+        return self._token_bytes
+
+    def _piece_bytes(self) -> list[bytes]:
         table = []
         for i in range(self.vocab_size):
             piece = self._sp.id_to_piece(i)
@@ -336,6 +383,8 @@ class StreamDecoder:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id: int) -> str:
+        if not 0 <= token_id < len(self._bytes):  # a negative id would index from the end
+            raise CharlmError(f"token id out of range for a vocabulary of {len(self._bytes)}")
         return self._utf8.decode(self._bytes[token_id])
 
     def flush(self) -> str:
@@ -372,34 +421,66 @@ def context_token_id(tokenizer: Tokenizer) -> int:
 
 
 def load_tokenizer(directory: Union[str, Path]) -> Tokenizer:
-    """Load the tokenizer saved in a run directory."""
+    """Load the tokenizer saved in a run directory, trusting nothing in its files.
+
+    tokenizer.json is checked field by field; a sentencepiece model file must be a plain
+    file name in the same folder (a crafted "../x" or "/dev/zero" is refused)."""
     directory = Path(directory)
     path = directory / TOKENIZER_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CharlmError(f"{path} is missing; this is not a complete charlm run directory") from None
-    except (OSError, ValueError) as exc:
-        raise CharlmError(f"{path} cannot be read ({exc}); the run directory is damaged") from None
-    if not isinstance(meta, dict) or meta.get("version") != FORMAT_VERSION:
-        raise CharlmError(f"{path} has an unsupported format; it was written by a different charlm")
+    meta = read_json(path, TOKENIZER_JSON_LIMIT, "the run directory is incomplete: copy the whole run folder")
+    if not isinstance(meta, dict):
+        raise CharlmError(f"{path} is not a charlm tokenizer file; restore the run's own tokenizer.json")
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CharlmError(
+            f"{path} is not a charlm tokenizer file (no valid version); restore the run's own tokenizer.json"
+        )
+    if version > FORMAT_VERSION:
+        raise CharlmError(
+            f"{path} has tokenizer format {version}, newer than this charlm reads ({FORMAT_VERSION}); "
+            "upgrade charlm to use this run"
+        )
     kind = meta.get("kind")
     if kind == "char":
-        try:
-            return CharTokenizer(meta.get("code_points", []))
-        except (TypeError, ValueError, OverflowError):
-            raise CharlmError(f"{path} holds an invalid vocabulary; the run directory is damaged") from None
+        return CharTokenizer(_code_point_list(meta.get("code_points"), path))
     if kind == "byte":
         return ByteTokenizer()
     if kind == "sentencepiece":
-        model_path = directory / str(meta.get("model_file", SPM_MODEL_FILE))
+        name = plain_file_name(meta.get("model_file", SPM_MODEL_FILE), path, "model_file")
+        model_path = directory / name
+        proto = read_bytes(model_path, SPM_MODEL_LIMIT, "the run directory is incomplete: copy the whole run folder")
         try:
-            return SentencePieceTokenizer(model_path.read_bytes())
-        except FileNotFoundError:
-            raise CharlmError(f"{model_path} is missing; the run directory is damaged") from None
-        except OSError as exc:
-            raise CharlmError(f"{model_path} cannot be read ({exc.strerror}); the run directory is damaged") from None
-    raise CharlmError(f"{path} names an unknown tokenizer kind {kind!r}")
+            return SentencePieceTokenizer(proto)
+        except CharlmError:
+            raise CharlmError(
+                f"{model_path} is not a valid SentencePiece model (truncated or corrupt); "
+                "restore the run's own file or retrain"
+            ) from None
+    raise CharlmError(
+        f"{path} names an unknown tokenizer kind {kind!r} (this charlm knows char, byte, sentencepiece); "
+        "upgrade charlm or restore the run's own tokenizer.json"
+    )
+
+
+def _code_point_list(values, path: Path) -> list[int]:
+    """The code points of a saved char vocabulary: whole numbers, ascending, each a valid
+    Unicode scalar value, as CharTokenizer.save writes them."""
+    bad = None
+    if not isinstance(values, list) or not values:
+        bad = "code_points is not a non-empty list"
+    else:
+        previous = -1
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int):
+                bad = f"code point {value!r} is not a whole number"
+            elif not previous < value <= MAX_CODE_POINT or 0xD800 <= value <= 0xDFFF:
+                bad = f"code point {value} is out of order, repeated, a surrogate or past U+10FFFF"
+            if bad:
+                break
+            previous = value
+    if bad:
+        raise CharlmError(f"{path} holds an invalid vocabulary ({bad}); restore the run's own tokenizer.json")
+    return values
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -1,0 +1,111 @@
+"""Checks a new training run passes before it starts work, and its first writes.
+
+Each check fails early with one CharlmError that names the option to change, so a user
+learns that --out cannot be written or that the model cannot fit in memory before a long
+corpus preparation, not after it (or from the OOM killer):
+
+  check_out_writable       --out can be created and written (probed with a real folder)
+  check_training_memory    the model and one (B, T) batch fit in the memory left
+  create_run_directory     the run's first files (tokenizer, config); a failure, such as a
+                           full disk, removes what it created and leaves an existing run alone
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .checkpoint import RunDirectory
+from .config import ModelConfig, RunConfig, TrainConfig
+from .atomic import fsync_dir, temporary_folder
+from .errors import CharlmError, write_error
+from .hardware import require_memory
+from .model import training_memory_bytes
+from .tokenizer import Tokenizer
+
+
+def check_out_writable(out: Path) -> None:
+    """Raise CharlmError unless a run folder can be made at out (or out is a writable folder).
+
+    Walks up to the nearest part of the path that exists; a regular file there means no
+    folder can be made below it. A real folder is made and removed there, since as root
+    permission bits say nothing (read-only mounts, /proc and /sys refuse all the same).
+    """
+    existing = out
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        raise CharlmError(f"--out {out}: {existing} is a broken or looping symbolic link; choose another --out")
+    if not existing.is_dir():
+        if existing == out:
+            raise CharlmError(f"--out {out} is a file; choose a folder for the run")
+        raise CharlmError(f"--out {out}: {existing} is a file, so no folder can be made below it; choose another --out")
+    try:
+        probe = tempfile.mkdtemp(prefix=".charlm-write-test-", dir=existing)
+    except OSError as exc:
+        raise CharlmError(
+            f"--out {out}: cannot create a folder in {existing} ({exc.strerror or exc}); choose a writable --out"
+        ) from None
+    os.rmdir(probe)
+
+
+def _vocab_floor(config: TrainConfig) -> int:
+    """The smallest vocabulary the tokenizer can end up with, before it is fitted."""
+    return {"byte": 256, "sentencepiece": 261}.get(config.tokenizer, 2)
+
+
+def check_training_memory(
+    model_options: dict, config: TrainConfig, device: torch.device, precision: str, vocab_size: Optional[int] = None
+) -> None:
+    """Raise CharlmError when the model plus one training batch clearly cannot fit.
+
+    Called before the corpus is read (with the smallest vocabulary the tokenizer can give)
+    and again once the vocabulary is known, always before anything is allocated.
+    """
+    model = ModelConfig(vocab_size=vocab_size or _vocab_floor(config), **model_options)
+    half = precision in ("bf16", "fp16")
+    needed = training_memory_bytes(model, config.batch_size, config.seq_len, half_activations=half)
+    shape = (
+        f"a {model.layers}-layer {model.cell} of --hidden {model.hidden} and --embed {model.embed} "
+        f"with --batch-size {config.batch_size} x --seq-len {config.seq_len}"
+    )
+    require_memory(needed, device, f"training {shape}", "lower --hidden, --layers, --batch-size or --seq-len")
+
+
+def create_run_directory(run_dir: RunDirectory, overwrite: bool, tokenizer: Tokenizer, config: RunConfig) -> None:
+    """Create the run folder with its tokenizer and config; a failure leaves no trace.
+
+    The files are written first into a hidden folder beside the run and moved in once all
+    are complete, so a full disk stops the run before an existing run is cleared for
+    --overwrite, and a folder that did not exist (with any parents made for it) is gone again.
+    """
+    path = run_dir.path
+    doomed = path  # what to remove on failure: the topmost folder this makes, if any
+    while not doomed.parent.exists() and doomed.parent != doomed:
+        doomed = doomed.parent
+    remove_on_failure = None if path.exists() else doomed
+    staging = None
+    try:
+        real = path.resolve()  # beside the real folder (--out . or a link): same disk, so renames work
+        real.parent.mkdir(parents=True, exist_ok=True)
+        staging = temporary_folder(real.parent, f".{real.name}.new.")
+        RunDirectory(staging).save_tokenizer(tokenizer)
+        RunDirectory(staging).write_config(config)
+        run_dir.prepare(overwrite=overwrite)
+        for item in sorted(staging.iterdir()):
+            os.replace(item, real / item.name)  # a rename on the same disk: needs no space
+        fsync_dir(real)
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if remove_on_failure is not None:
+            shutil.rmtree(remove_on_failure, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise write_error(exc, "the run's tokenizer and config", path, "choose --out on another disk") from None
+        raise
+    staging.rmdir()

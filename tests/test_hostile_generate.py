@@ -1,0 +1,413 @@
+"""`charlm generate` and `charlm perplexity` used as a hostile user would.
+
+Covered here, against a tiny run trained for real:
+  * prompts with control characters (NUL, ESC sequences, carriage returns, bidi overrides,
+    lone combining marks) do not crash, and no such character reaches stderr: notices name
+    them as U+XXXX, and file names in notices and errors are escaped too;
+  * --prompt-file that is binary, not UTF-8, a folder, missing, endless (/dev/zero) or empty;
+  * enormous, negative and zero --max-tokens and --num-samples: fixed limits (MAX_TOKENS,
+    MAX_SAMPLES) and a batch that cannot fit in memory are refused before anything is
+    printed, in the CLI and in the library;
+  * --top-k past the vocabulary, --top-p 0, non-finite or negative --temperature, --threads
+    0 or enormous, --stop given only as escapes, empty or not UTF-8;
+  * RUN_DIR that is a file, missing, an empty folder, or a run with no checkpoint yet;
+  * perplexity --data: binary, invalid UTF-8 (strict and replace), empty, stdin empty or
+    endless, --per-line --field on lines that are not JSON objects, a folder with no text,
+    and a 10 MB single line, which must simply work;
+  * a prompt longer than one priming window gives what a single pass over it gives.
+Every error is one "charlm: error:" line, exit status 1 (2 for click's own usage errors),
+nothing on stdout and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from charlm.checkpoint import RunDirectory
+from charlm.cli import cli
+from charlm.config import ModelConfig, SampleConfig, TrainConfig
+from charlm.corpus import prepare_corpus
+from charlm.errors import CharlmError
+from charlm.generate import MAX_SAMPLES, MAX_TOKENS, PRIME_WINDOW, Generator
+from conftest import REPO, train_into
+from test_cli import assert_cli_error, child_env
+
+STEPS = 20
+TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(150))
+TINY_MODEL = dict(cell="lstm", layers=1, hidden=16, embed=8, dropout=0.0, tie_weights=False)
+# What must never reach a terminal from a notice: they would restyle, move or rewrite it.
+TERMINAL_CONTROLS = ("\x1b", "\r", "\x00", "\x07", "\u202e", "\u0301", "\x9b")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A char-level LSTM (hidden 16) trained for STEPS steps; used read-only."""
+    root = tmp_path_factory.mktemp("hostile-generate")
+    data = root / "corpus.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    corpus = prepare_corpus(str(data), val_fraction=0.1, tokenizer="char", cache_root=root / "cache")
+    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **TINY_MODEL)
+    train_config = TrainConfig(
+        data=str(data), batch_size=4, seq_len=16, warmup_steps=2, max_steps=STEPS, eval_every=STEPS,
+        eval_batch_size=2, checkpoint_every=STEPS, log_every=STEPS, precision="fp32", device="cpu", sample_length=0,
+    )  # fmt: skip
+    train_into(root / "run", corpus, model_config, train_config)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def generator(run) -> Generator:
+    return Generator(run)
+
+
+def charlm(*args: str, input: Optional[bytes] = None):
+    """The CLI in this process (click's runner keeps stdout and stderr apart); input is stdin."""
+    return CliRunner().invoke(cli, list(args), prog_name="charlm", input=input)
+
+
+def generate(run: Path, *args: str):
+    return charlm("generate", str(run), "--threads", "1", *args)
+
+
+def perplexity(run: Path, *args: str, input: Optional[bytes] = None):
+    return charlm("perplexity", str(run), "--threads", "1", *args, input=input)
+
+
+def assert_error(result, *needles: str, status: int = 1) -> str:
+    line = assert_cli_error(result)
+    assert result.exit_code == status, line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in: {line}"
+    return line
+
+
+def assert_clean_stderr(stderr: str) -> None:
+    for ch in TERMINAL_CONTROLS:
+        assert ch not in stderr, f"{ch!r} reached stderr: {stderr!r}"
+
+
+# ---------------------------------------------------------------------------------------
+# prompts
+
+
+HOSTILE_PROMPTS = {
+    "nul": "a\x00b",
+    "csi-colour": "\x1b[31mred\x1b[0m",
+    "osc-title": "\x1b]0;owned\x07",
+    "c1-csi": "x\x9b2J",
+    "carriage-return": "line\rover",
+    "bidi-override": "abc\u202edef",
+    "lone-combining-mark": "\u0301",
+    "only-controls": "\x00\x01\x02\x1b",
+}
+
+
+@pytest.mark.parametrize("prompt", HOSTILE_PROMPTS.values(), ids=HOSTILE_PROMPTS.keys())
+def test_control_characters_in_the_prompt(prompt, run):
+    result = generate(run, "--prompt", prompt, "-n", "8", "--seed", "1")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(prompt)  # the user's own prompt is echoed as given
+    assert "warning: the model never saw" in result.stderr
+    assert_clean_stderr(result.stderr)
+    unseen = [ch for ch in prompt if ch not in TEXT]
+    for ch in unseen:
+        shown = f"U+{ord(ch):04X}" if not ch.isprintable() or ch == "\u0301" else repr(ch)
+        assert shown in result.stderr, result.stderr
+
+
+def test_control_characters_in_a_real_process(run, tmp_path):
+    """Through a real terminal-less process: stderr is clean bytes, the prompt comes back on stdout."""
+    prompt = "".join(HOSTILE_PROMPTS.values())
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_bytes(prompt.encode("utf-8"))
+    done = subprocess.run(
+        [sys.executable, "-m", "charlm", "generate", str(run), "--prompt-file", str(prompt_file), "-n", "5",
+         "--seed", "3", "--threads", "1"],
+        capture_output=True, env=child_env(), cwd=REPO, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stderr = done.stderr.decode("utf-8")
+    assert_clean_stderr(stderr)
+    assert "U+0000" in stderr and "U+001B" in stderr  # the first ten, in code point order, are named
+    assert done.stdout.decode("utf-8").startswith(prompt)
+
+
+def test_json_output_keeps_the_prompt_exactly(run):
+    prompt = HOSTILE_PROMPTS["csi-colour"] + HOSTILE_PROMPTS["bidi-override"]
+    result = generate(run, "--prompt", prompt, "-n", "6", "-N", "2", "--json", "--seed", "2")
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["prompt"] for r in records] == [prompt, prompt]
+    assert "\x1b" not in result.stdout  # JSON writes control characters as \u escapes
+    assert all(r["tokens"] == 6 for r in records)
+
+
+def test_prompt_longer_than_a_priming_window_matches_one_pass(generator):
+    """The prompt is primed PRIME_WINDOW tokens at a time; the state must be what one pass gives."""
+    rng = random.Random(0)
+    prompt = "".join(rng.choice("the quick brown fox ") for _ in range(PRIME_WINDOW * 2 + 123))
+    ids = torch.tensor([generator._prompt_ids(prompt)])
+    with torch.inference_mode():
+        logits, state = generator.model(ids)  # the reference: one pass
+        out, expected = [], logits[0, -1]
+        for _ in range(20):
+            token = int(expected.masked_fill(torch.arange(len(expected)) == 0, float("-inf")).argmax())
+            out.append(token)
+            logits, state = generator.model(torch.tensor([[token]]), state)
+            expected = logits[0, -1]
+    reference = generator.tokenizer.decode(out)
+    assert generator.generate(prompt, max_tokens=20, config=SampleConfig(temperature=0.0)) == reference
+
+
+# ---------------------------------------------------------------------------------------
+# --prompt-file
+
+
+def test_prompt_file_binary(run, tmp_path):
+    path = tmp_path / "image.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(2000))
+    assert_error(generate(run, "--prompt-file", str(path)), str(path), "is not UTF-8 (byte 0)")
+
+
+def test_prompt_file_invalid_utf8(run, tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café au lait".encode("latin-1"))
+    assert_error(generate(run, "--prompt-file", str(path)), str(path), "is not UTF-8 (byte 3)", "convert it")
+
+
+def test_prompt_file_folder_missing_endless_and_empty(run, tmp_path):
+    assert_error(generate(run, "--prompt-file", str(tmp_path)), "is a directory", status=2)
+    assert_error(generate(run, "--prompt-file", str(tmp_path / "nope.txt")), "no such file")
+    assert_error(generate(run, "--prompt-file", "/dev/zero"), "/dev/zero", "larger than 16 MiB")
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    result = generate(run, "--prompt-file", str(empty), "-n", "5")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_prompt_and_prompt_file_together(run, tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("line", encoding="utf-8")
+    assert_error(generate(run, "--prompt", "x", "--prompt-file", str(path)), "not both")
+
+
+# ---------------------------------------------------------------------------------------
+# counts
+
+
+@pytest.mark.parametrize(
+    "options,needle",
+    [
+        (["--max-tokens", str(10**30)], f"--max-tokens must be at most {MAX_TOKENS:,}"),
+        (["--max-tokens", str(MAX_TOKENS + 1)], f"--max-tokens must be at most {MAX_TOKENS:,}"),
+        (["--max-tokens", "-1"], "--max-tokens must be 0 or more"),
+        (["--num-samples", "0"], "--num-samples must be at least 1"),
+        (["--num-samples", "-3"], "--num-samples must be at least 1"),
+        (["--num-samples", str(10**30)], f"--num-samples must be at most {MAX_SAMPLES:,}"),
+        (["--num-samples", str(MAX_SAMPLES), "--max-tokens", str(MAX_TOKENS)], "needs about"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+        (["--temperature", "nan"], "--temperature"),
+        (["--temperature", "inf"], "--temperature"),
+        (["--temperature", "-inf"], "--temperature"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--threads", "1000000"], "--threads 1000000 is more than"),
+        (["--stop", ""], "--stop needs some text"),
+        (["--stop", "\udcff"], "--stop"),
+        (["--prompt", "ab\udcffcd"], "--prompt: character 2 is not valid UTF-8"),
+    ],
+)
+def test_bad_generate_options(options, needle, run):
+    # (--threads from click: invoke adds "--threads 1" first; the later value wins)
+    assert_error(generate(run, *options), needle)
+
+
+def test_batch_that_cannot_fit_names_the_memory_and_a_limit(run):
+    line = assert_error(generate(run, "--num-samples", "999999", "--max-tokens", str(MAX_TOKENS)))
+    assert "needs about" in line and "available" in line and "fit here" in line
+
+
+def test_library_refuses_the_same_counts_before_yielding(generator):
+    for num_samples, max_tokens, needle in [
+        (1, MAX_TOKENS + 1, "--max-tokens must be at most"),
+        (MAX_SAMPLES + 1, 1, "--num-samples must be at most"),
+        (MAX_SAMPLES, MAX_TOKENS, "needs about"),
+        (0, 1, "--num-samples must be at least 1"),
+    ]:
+        chunks = generator.stream_samples("line", num_samples, max_tokens)
+        with pytest.raises(CharlmError, match=needle):
+            next(chunks)
+
+
+def test_zero_tokens_prints_only_the_prompt(run):
+    result = generate(run, "--prompt", "line 1", "-n", "0")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "line 1\n"
+
+
+def test_top_k_past_the_vocabulary_is_clamped(run):
+    result = generate(run, "--top-k", str(10**6), "-n", "10", "--seed", "4")
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("stop", [r"\n", "\\\\", r"\t", "\x1b", r"\r\n"])
+def test_stop_given_only_as_escapes(stop, run):
+    result = generate(run, "--stop", stop, "-n", "60", "--seed", "5")
+    assert result.exit_code == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+
+
+def test_stop_newline_ends_every_sample_before_a_newline(run):
+    result = generate(run, "--stop", r"\n", "-n", "200", "-N", "3", "--json", "--seed", "6", "--prompt", "line 7")
+    assert result.exit_code == 0, result.stderr
+    for record in map(json.loads, result.stdout.splitlines()):
+        assert "\n" not in record["text"]
+
+
+# ---------------------------------------------------------------------------------------
+# RUN_DIR
+
+
+def test_run_dir_that_is_a_file_missing_or_empty(run, tmp_path):
+    a_file = tmp_path / "model.bin"
+    a_file.write_bytes(b"\x00" * 10)
+    assert_error(generate(a_file), str(a_file), "is a file, not a run folder")
+    assert_error(perplexity(a_file, "--data", str(run.parent / "corpus.txt")), "is a file, not a run folder")
+    assert_error(generate(tmp_path / "nowhere"), "does not exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_error(generate(empty), str(empty), "not a charlm run (no config.json)")
+
+
+def test_run_with_no_checkpoint_yet(run, tmp_path):
+    """A training run killed before its first checkpoint: config and tokenizer, no weights."""
+    young = RunDirectory(tmp_path / "young")
+    young.prepare()
+    young.save_tokenizer(RunDirectory(run).load_tokenizer())
+    young.write_config(RunDirectory(run).read_config())
+    assert_error(generate(young.path), str(young.path), "checkpoint yet")
+    assert_error(perplexity(young.path, "--data", str(run.parent / "corpus.txt")), "checkpoint yet")
+
+
+def test_escape_sequences_in_a_file_name_do_not_reach_stderr(tmp_path):
+    name = tmp_path / "\x1b[2J\x1b]0;owned\x07run\rx"
+    line = assert_error(generate(name), "does not exist")
+    assert_clean_stderr(line)
+    assert "\\x1b[2J" in line
+
+
+# ---------------------------------------------------------------------------------------
+# perplexity --data
+
+
+@pytest.mark.parametrize("errors", ["strict", "replace"])
+def test_binary_data_is_refused(errors, run, tmp_path):
+    path = tmp_path / "program"
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00" + os.urandom(5000))
+    assert_error(perplexity(run, "--data", str(path), "--encoding-errors", errors), str(path), "binary")
+
+
+def test_random_bytes_without_nul_strict_and_replace(run, tmp_path):
+    rng = random.Random(1)
+    path = tmp_path / "noise.dat"
+    path.write_bytes(b"line 1\n" + bytes(rng.randrange(128, 256) for _ in range(5000)))
+    assert_error(perplexity(run, "--data", str(path)), str(path), "not valid UTF-8", "--encoding-errors replace")
+    result = perplexity(run, "--data", str(path), "--encoding-errors", "replace", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["unknown"] > 0
+
+
+def test_invalid_utf8_strict_and_replace(run, tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"line 1: the fox\nline 2: caf\xe9\n")
+    line = assert_error(perplexity(run, "--data", str(path)), str(path))
+    assert "byte 27" in line and "line 2" in line
+    result = perplexity(run, "--data", str(path), "--encoding-errors", "replace", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["chars"] == len("line 1: the fox\nline 2: caf\ufffd\n")
+
+
+def test_empty_data_and_empty_stdin(run, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert_error(perplexity(run, "--data", str(empty)), str(empty), "empty")
+    assert_error(perplexity(run, "--data", "-", input=b""), "--data -", "empty")
+    assert_error(perplexity(run, "--data", "-", "--per-line", input=b""), "no text")
+
+
+def test_stdin_invalid_utf8_strict_and_replace(run):
+    data = b"line 1: the fox \xff\xfe\n"
+    assert_error(perplexity(run, "--data", "-", input=data), "stdin", "byte 16", "--encoding-errors replace")
+    result = perplexity(run, "--data", "-", "--encoding-errors", "replace", "--json", input=data)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["tokens"] == len(data.decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("plain text, not JSON\n", "line 1 is not a JSON object with a 'text' field"),
+        ('{"text": "ok"}\n[1, 2]\n', "line 2 is not a JSON object"),
+        ('{"text": "ok"}\n"a string"\n', "line 2 is not a JSON object"),
+        ('{"other": "x"}\n', "line 1 is not a JSON object with a 'text' field"),
+        ('{"text": 5}\n', "line 1: field 'text' is not text"),
+        ('{"text": "\\ud800"}\n', "line 1: field 'text' is not valid Unicode: character 0 is U+D800, a lone surrogate"),
+        ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "line 1 is not a JSON object"),
+    ],
+    ids=["not-json", "list", "string", "no-field", "number", "surrogate", "nested-too-deeply"],
+)
+def test_per_line_field_on_lines_that_are_not_json_objects(content, needle, run, tmp_path):
+    path = tmp_path / "lines.jsonl"
+    path.write_text(content, encoding="utf-8")
+    assert_error(perplexity(run, "--data", str(path), "--per-line", "--field", "text"), str(path), needle)
+
+
+def test_field_needs_per_line_and_per_line_needs_data(run, tmp_path):
+    assert_error(perplexity(run, "--field", "text", "--data", str(run.parent / "corpus.txt")), "--field goes with")
+    assert_error(perplexity(run, "--per-line"), "--per-line needs --data")
+
+
+def test_folder_with_no_text(run, tmp_path):
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    assert_error(perplexity(run, "--data", str(empty)), str(empty), "no text files")
+    binaries = tmp_path / "binaries"
+    binaries.mkdir()
+    (binaries / "a.bin").write_bytes(b"\x00\x01\x02" * 100)
+    (binaries / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    assert_error(perplexity(run, "--data", str(binaries)), str(binaries), "no text files")
+
+
+def test_per_line_table_escapes_control_characters(run, tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("line \x1b[31m1\rx\nline \u202e2\n", encoding="utf-8")
+    result = perplexity(run, "--data", str(path), "--per-line")
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\r" not in result.stdout and "\u202e" not in result.stdout
+    assert "\\x1b[31m1\\rx" in result.stdout
+
+
+def test_a_10_mb_single_line_is_scored(run, tmp_path):
+    words = "the quick brown fox jumps over lazy dog line".split()
+    rng = random.Random(7)
+    text = " ".join(rng.choice(words) for _ in range(2_400_000))[: 10_000_000]
+    path = tmp_path / "one-line.txt"
+    path.write_text(text, encoding="utf-8")
+    assert "\n" not in text
+    result = perplexity(run, "--data", str(path), "--lanes", "128", "--json")
+    assert result.exit_code == 0, result.stderr
+    score = json.loads(result.stdout)
+    assert score["tokens"] == score["chars"] == 10_000_000
+    assert 0 < score["loss_nats_per_token"] < 10

@@ -159,18 +159,26 @@ class RunDirectory:
         path = self.path
         if path.exists() and not path.is_dir():
             raise CharlmError(f"--out {path} is a file; choose a folder for the run")
+        damaged = (
+            f"{path / CONFIG_FILE} is missing or not a regular file, though the run has checkpoints; "
+            "restore config.json from a copy of the run"
+        )
         if resume:
-            if not self.is_run() or not self.has_checkpoint():
-                if path.is_dir() and any(path.iterdir()) and self._holds_only_run_files():
-                    raise CharlmError(
-                        f"--resume: {path} holds a run that stopped before its first checkpoint; "
-                        "start it again with --overwrite"
-                    )
-                raise CharlmError(f"--resume: {path} holds no charlm run to resume; check --out")
-            return
+            if self.is_run() and self.has_checkpoint():
+                return
+            if path.is_dir() and self.has_checkpoint():
+                raise CharlmError(f"--resume: {damaged}")
+            if path.is_dir() and any(path.iterdir()) and self._holds_only_run_files():
+                raise CharlmError(
+                    f"--resume: {path} holds a run that stopped before its first checkpoint; "
+                    "start it again with --overwrite"
+                )
+            raise CharlmError(f"--resume: {path} holds no charlm run to resume; check --out")
         if path.is_dir() and any(path.iterdir()):
             if not self.is_run() and not self._holds_only_run_files():
                 raise CharlmError(f"--out {path} is not empty and is not a charlm run; choose a new folder")
+            if not self.is_run() and self.has_checkpoint() and not overwrite:
+                raise CharlmError(f"--out {damaged}, or pass --overwrite to replace the run")
             if not self.is_run() or not self.has_checkpoint():
                 if not overwrite:
                     raise CharlmError(

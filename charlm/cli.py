@@ -361,8 +361,6 @@ def train(ctx: click.Context, **options: Any) -> None:
     require_tokens(len(corpus.splits["train"]), train_config.batch_size, train_config.seq_len)
     if resume:
         _check_same_tokenizer(run_dir, corpus)
-        run_config.train = train_config  # the new stop limits and cadence hold for later resumes too
-        run_dir.write_config(run_config)
     else:
         model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_options)
         model_config.validate()
@@ -386,6 +384,9 @@ def train(ctx: click.Context, **options: Any) -> None:
                           on_event=reporter, should_stop=stop, faults=faults)
         if resume:
             trainer.resume(changed)
+            if changed:  # the new limits, cadence and steering hold for later resumes too
+                run_config.train = train_config
+                run_dir.write_config(run_config)
             done = trainer.stop_reason()
             if done in ("max_steps", "max_time", "epochs"):
                 option = "--" + done.replace("_", "-")

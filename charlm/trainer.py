@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from . import rngstate
 from .batching import LaneBatcher
-from .checkpoint import BEST, LAST, METRICS_FILE, RunDirectory
+from .checkpoint import BEST, LAST, METRICS_FILE, STATE_FILE, RunDirectory
 from .config import ModelConfig, TrainConfig
 from .corpus import PreparedCorpus
 from .errors import CharlmError
@@ -172,9 +172,10 @@ class Trainer:
         }
 
     def load_trainer_state(self, saved: dict[str, Any], keep_elapsed: bool = False) -> None:
+        where = f"{self.run_dir.path / LAST / STATE_FILE}"
         if saved.get("format") not in READABLE_STATE_FORMATS:
             raise CharlmError(
-                f"the trainer state has format {saved.get('format')!r}, which this charlm cannot resume "
+                f"{where} has trainer-state format {saved.get('format')!r}, which this charlm cannot resume "
                 f"(it reads {', '.join(map(str, READABLE_STATE_FORMATS))}); use the charlm that wrote it"
             )
         try:
@@ -185,8 +186,10 @@ class Trainer:
             self.best_val_loss, self.last_val_loss = saved["best_val_loss"], saved["last_val_loss"]
             self.optimizer.load_state_dict(saved["optimizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
             raise CharlmError(
-                f"the trainer state does not fit this run ({type(exc).__name__}: {exc}); the checkpoint is damaged"
+                f"{where} does not fit this run ({type(exc).__name__}: {first_line}); the checkpoint is damaged: "
+                "start a new run with --overwrite (generate and perplexity still work)"
             ) from None
         if saved.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(saved["scaler"])

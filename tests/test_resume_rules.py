@@ -252,3 +252,28 @@ def test_every_rng_is_restored_on_resume(tmp_path):
     resumed = Trainer(trainer.model.config, trainer.config, corpus, RunDirectory(tmp_path / "run"), torch.device("cpu"), "fp32")
     resumed.resume()
     assert (random.random(), np.random.random(), torch.rand(1).item()) == expected
+
+
+def test_a_run_with_checkpoints_but_no_config_is_not_called_unfinished(tmp_path):
+    corpus = make_corpus(tmp_path, word_text(800))
+    new_trainer(tmp_path / "run", corpus, train=dict(max_steps=2)).run()
+    (tmp_path / "run" / "config.json").unlink()
+    run = RunDirectory(tmp_path / "run")
+    for resume in (True, False):
+        with pytest.raises(CharlmError, match="config.json is missing .* though the run has checkpoints; restore"):
+            run.check(resume=resume)
+    run.check(overwrite=True)  # replacing it is the user's explicit choice
+
+
+def test_a_resume_that_fails_leaves_config_json_alone(tmp_path):
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(word_text(3000, seed=5), encoding="utf-8")
+    out = tmp_path / "run"
+    done = _cli_train("--data", str(corpus), "--out", str(out), "--hidden", "16", "--layers", "1", "--embed", "8",
+                      "--batch-size", "4", "--seq-len", "8", "--threads", "1", "--sample-length", "0", "--max-steps", "3")  # fmt: skip
+    assert done.exit_code == 0, done.output
+    before = (out / "config.json").read_bytes()
+    (out / LAST / "trainer_state.pt").write_bytes(b"not a checkpoint")
+    failed = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--max-steps", "9", "--threads", "1"])
+    assert failed.exit_code == 1 and "trainer_state.pt" in failed.output
+    assert (out / "config.json").read_bytes() == before

@@ -36,6 +36,7 @@ from .errors import CharlmError
 from .model import RNNLM
 from .runfiles import CONFIG_LIMIT, read_json, require_regular_file
 from .tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, Tokenizer, load_tokenizer
+from .tokenizer import fingerprint as tokenizer_fingerprint
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -264,6 +265,11 @@ class RunDirectory:
             raise CharlmError(
                 f"{path} has a vocabulary of {tokenizer.vocab_size:,} tokens but the model in {CONFIG_FILE} "
                 f"was built for {config.model.vocab_size:,} (copied from another run?); {fix}"
+            )
+        if config.tokenizer_fingerprint and tokenizer_fingerprint(tokenizer) != config.tokenizer_fingerprint:
+            raise CharlmError(
+                f"{path} is not the tokenizer this run was trained with: its tokens differ from the ones "
+                f"{CONFIG_FILE} records (copied from another run?); {fix}"
             )
         return tokenizer
 

@@ -49,6 +49,7 @@ from .faults import FaultPlan
 from .generate import MAX_SAMPLES, MAX_TOKENS, Generator, check_counts
 from .hardware import resolve_device, resolve_precision, set_threads
 from .preflight import check_out_writable, check_training_memory, create_run_directory
+from .tokenizer import fingerprint as tokenizer_fingerprint
 from .trainer import Trainer
 
 _T, _M = TrainConfig, ModelConfig  # option defaults live in the dataclasses
@@ -371,7 +372,7 @@ def train(ctx: click.Context, **options: Any) -> None:
         create_run_directory(
             run_dir, overwrite, corpus.tokenizer,
             RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind,
-                      charlm_version=__version__),
+                      tokenizer_fingerprint=tokenizer_fingerprint(corpus.tokenizer), charlm_version=__version__),
         )
     console.info(f"run directory: {run_dir.path}")
 

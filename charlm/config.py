@@ -252,6 +252,9 @@ class RunConfig:
     tokenizer_kind: str
     format_version: int = 1
     charlm_version: str = ""
+    # what the tokenizer's ids stand for (tokenizer.fingerprint): a tokenizer.json from another
+    # run with the same vocabulary size is still refused; empty in runs from before it was kept
+    tokenizer_fingerprint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,6 +262,7 @@ class RunConfig:
             "format_version": self.format_version,
             "charlm_version": self.charlm_version,
             "tokenizer_kind": self.tokenizer_kind,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "model": self.model.to_dict(),
             "train": self.train.to_dict(),
             "extra": self.extra,
@@ -278,6 +282,7 @@ class RunConfig:
                 tokenizer_kind=str(data["tokenizer_kind"]),
                 format_version=version,
                 charlm_version=str(data.get("charlm_version", "")),
+                tokenizer_fingerprint=str(data.get("tokenizer_fingerprint", "")),
                 extra=dict(data.get("extra", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:

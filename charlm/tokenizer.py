@@ -18,6 +18,7 @@ with `load_tokenizer`, which never executes anything from the files.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import json
 import re
@@ -406,6 +407,16 @@ def build_tokenizer(
     if kind == "sentencepiece":
         return SentencePieceTokenizer.train(training_text, vocab_size, spm_model_type, threads)
     raise CharlmError(f"--tokenizer must be one of char, byte, sentencepiece (got {kind!r})")
+
+
+def fingerprint(tokenizer: Tokenizer) -> str:
+    """A hash of what every id stands for: equal exactly when two tokenizers read ids alike."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(tokenizer.kind.encode())
+    for data in tokenizer.token_bytes():
+        digest.update(len(data).to_bytes(4, "little"))
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def context_token_id(tokenizer: Tokenizer) -> int:

@@ -277,3 +277,23 @@ def test_a_resume_that_fails_leaves_config_json_alone(tmp_path):
     failed = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--max-steps", "9", "--threads", "1"])
     assert failed.exit_code == 1 and "trainer_state.pt" in failed.output
     assert (out / "config.json").read_bytes() == before
+
+
+def test_a_foreign_tokenizer_of_the_same_size_is_refused(tmp_path):
+    tiny = ["--hidden", "8", "--layers", "1", "--embed", "4", "--batch-size", "2", "--seq-len", "8",
+            "--threads", "1", "--sample-length", "0", "--max-steps", "2"]  # fmt: skip
+    runs = {}
+    for name, alphabet in (("mine", "abcdefgh \n"), ("other", "stuvwxyz \n")):
+        rng = random.Random(0)
+        corpus = tmp_path / f"{name}.txt"
+        corpus.write_text("".join(rng.choice(alphabet) for _ in range(3000)), encoding="utf-8")
+        runs[name] = tmp_path / name
+        done = _cli_train("--data", str(corpus), "--out", str(runs[name]), *tiny)
+        assert done.exit_code == 0, done.output
+    config = json.loads((runs["mine"] / "config.json").read_text())
+    assert len(config["tokenizer_fingerprint"]) == 32
+    (runs["mine"] / "tokenizer.json").write_bytes((runs["other"] / "tokenizer.json").read_bytes())
+    for command in (["generate", str(runs["mine"]), "-n", "3"], ["perplexity", str(runs["mine"]), "--split", "val"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1
+        assert "tokenizer.json is not the tokenizer this run was trained with" in result.output

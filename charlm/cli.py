@@ -295,7 +295,7 @@ def train(ctx: click.Context, **options: Any) -> None:
                        if name not in RESUMABLE_OPTIONS and _given(ctx, name))
         if fixed:
             names = ", ".join("--" + name.replace("_", "-") for name in fixed)
-            raise CharlmError(f"{names} cannot change when resuming; only stop limits, cadence and hardware can")
+            raise CharlmError(f"{names} cannot change when resuming; only stop limits, cadence, hardware, --lr, --grad-clip and the divergence options can")
         train_config = run_config.train
         given = {name for name in RESUMABLE_OPTIONS & set(options) if _given(ctx, name)}
         _apply_cadence(options)

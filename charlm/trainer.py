@@ -137,6 +137,7 @@ class Trainer:
         self._rollbacks_in_a_row = 0
         self._recovering_until = 0
         self._updating = False
+        self._checkpoint_owed = False
 
     # ----- persistence ----------------------------------------------------------------
     def data_fingerprint(self) -> str:
@@ -274,6 +275,7 @@ class Trainer:
             ) from None
         self.last_checkpoint_step = self.step
         self._last_save_clock = time.monotonic()
+        self._checkpoint_owed = False
 
     # ----- helpers --------------------------------------------------------------------
     def _emit(self, event: dict[str, Any], durable: bool = False) -> int:
@@ -419,6 +421,7 @@ class Trainer:
         self._rollbacks_in_a_row += 1
         self.rollbacks += 1
         self._recovering_until = max(self._recovering_until, failed_at)
+        self._checkpoint_owed = False  # back at a checkpoint
         self._emit({"event": "rollback", "step": failed_at, "to_step": self.step, "lr_scale": self.lr_scale,
                     "lr": learning_rate(self.config, self.step, self.progress()) * self.lr_scale,
                     "in_a_row": self._rollbacks_in_a_row})
@@ -543,11 +546,14 @@ class Trainer:
                 self._log = {"loss_sum": 0.0, "good": 0, "skipped": 0}
                 step_time = 0.0
             try:
-                if self.step % config.eval_every == 0:
+                if self.guard.bad_streak:
+                    # weights that just failed are not checkpointed; the next good step makes up for it
+                    self._checkpoint_owed |= self.step % config.eval_every == 0 or self._checkpoint_due()
+                elif self.step % config.eval_every == 0:
                     self._evaluate_and_checkpoint()
                     last_was_eval = True
                     tick()
-                elif self._checkpoint_due():
+                elif self._checkpoint_owed or self._checkpoint_due():
                     self.save()
                     tick()
             except Exception as exc:

@@ -99,6 +99,13 @@ def assert_same_as_reference(out: Path, reference: Path) -> None:
     assert end["event"] == "end" and end["reason"] == "max_steps" and end["step"] == STEPS
 
 
+def the_error_line(done: subprocess.CompletedProcess) -> str:
+    """A failed run's one error line (and no traceback)."""
+    lines = [line for line in done.stderr.splitlines() if line.startswith("charlm: error:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]
+
+
 def assert_loadable(out: Path) -> Optional[int]:
     """The run directory after a crash: its last checkpoint (if any) loads whole. Returns its step."""
     run_dir = RunDirectory(out)
@@ -235,10 +242,9 @@ def test_out_of_memory_saves_the_run_and_it_resumes_exactly(setting, tmp_path):
     out = tmp_path / "run"
     failed = run(train_command(corpus, out), environment(data_dir, CHARLM_FAULTS="oom@125"), tmp_path)
     assert failed.returncode == 1
-    lines = [line for line in failed.stderr.splitlines() if line.startswith("charlm: error:")]
-    assert len(lines) == 1 and "Traceback" not in failed.stderr
-    assert "out of memory at step 125" in lines[0]
-    assert "the run is saved at step 124" in lines[0] and "--resume" in lines[0]
+    error = the_error_line(failed)
+    assert "out of memory at step 125" in error
+    assert "the run is saved at step 124" in error and "--resume" in error
     assert assert_loadable(out) == 124
 
     done = run(resume_command(out), environment(data_dir), tmp_path)
@@ -265,10 +271,9 @@ def test_a_checkpoint_the_disk_refuses_leaves_the_previous_one_and_resumes_exact
 
     full = run(resume_command(out), env, tmp_path, preexec=_file_size_limit(state_size // 2))
     assert full.returncode == 1
-    error = [line for line in full.stderr.splitlines() if line.startswith("charlm: error:")]
-    assert len(error) == 1 and "Traceback" not in full.stderr
-    assert f"cannot write the checkpoint at step {stopped + 1}" in error[0]
-    assert f"the checkpoint from step {stopped} is intact" in error[0] and "--resume" in error[0]
+    error = the_error_line(full)
+    assert f"cannot write the checkpoint at step {stopped + 1}" in error
+    assert f"the checkpoint from step {stopped} is intact" in error and "--resume" in error
     # the previous checkpoint is byte for byte what it was, and nothing half-written is left
     assert {p.name: p.read_bytes() for p in (out / LAST).iterdir()} == before
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
@@ -315,9 +320,8 @@ def test_a_first_checkpoint_the_disk_refuses_says_to_start_again(setting, tmp_pa
     weights_size = (reference / LAST / WEIGHTS_FILE).stat().st_size
     full = run(train_command(corpus, out), env, tmp_path, preexec=_file_size_limit(weights_size // 2))
     assert full.returncode == 1
-    error = [line for line in full.stderr.splitlines() if line.startswith("charlm: error:")]
-    assert len(error) == 1 and "Traceback" not in full.stderr
-    assert "cannot write the checkpoint at step 0" in error[0] and "start the run again with --overwrite" in error[0]
+    error = the_error_line(full)
+    assert "cannot write the checkpoint at step 0" in error and "start the run again with --overwrite" in error
     assert assert_loadable(out) is None
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 

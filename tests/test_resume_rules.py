@@ -297,3 +297,22 @@ def test_a_foreign_tokenizer_of_the_same_size_is_refused(tmp_path):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 1
         assert "tokenizer.json is not the tokenizer this run was trained with" in result.output
+
+
+def test_no_checkpoint_is_taken_of_weights_that_just_failed(tmp_path):
+    from charlm.faults import FaultPlan
+
+    corpus = make_corpus(tmp_path, word_text(2000))
+    events: list[dict] = []
+    trainer = new_trainer(tmp_path / "run", corpus, events=events,
+                          train=dict(max_steps=16, checkpoint_every=7, eval_every=1000, skip_limit=5))  # fmt: skip
+    # NaN weights from step 6: steps 6..10 fail and the fifth rolls back to step 0; then a
+    # NaN loss at step 14 (a checkpoint step) whose checkpoint moves to step 15
+    trainer.faults = FaultPlan("nan-weights@6,nan-loss@14")
+    trainer.run()
+    checkpoints = [e["step"] for e in of_kind(events, "checkpoint")]
+    rollback = of_kind(events, "rollback")
+    assert [(e["step"], e["to_step"]) for e in rollback] == [(10, 0)]
+    assert checkpoints == [0, 7, 15, 16]  # not 7 while the weights were NaN; 14 moved to 15
+    model, _ = RunDirectory(tmp_path / "run").load_model(LAST)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -111,17 +111,31 @@ def _meminfo_available() -> Optional[int]:
         return None
 
 
+def _cgroup_page_cache(stat_file: str, key: str) -> int:
+    """The page cache counted in a cgroup's usage: the kernel gives it back under pressure."""
+    try:
+        with open(stat_file) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _cgroup_room() -> Optional[int]:
     """What a container's memory limit still allows (cgroup v2, else v1), if it sets one."""
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
+    for limit_file, usage_file, stat_file, cache_key in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "file"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+         "/sys/fs/cgroup/memory/memory.stat", "total_cache"),
+    ):  # fmt: skip
         limit = _read_int(limit_file)
         if limit is None or limit >= 1 << 60:  # v1 says "no limit" with a huge number
             continue
-        usage = _read_int(usage_file) or 0
-        return max(limit - usage, 0)
+        usage = (_read_int(usage_file) or 0) - _cgroup_page_cache(stat_file, cache_key)
+        return max(limit - max(usage, 0), 0)
     return None
 
 

@@ -32,7 +32,7 @@ from safetensors.torch import load_model, save_model
 
 from .atomic import UMASK, atomic_write_bytes, fsync_dir, temporary_folder
 from .config import RunConfig
-from .errors import CharlmError
+from .errors import CharlmError, first_line
 from .model import RNNLM
 from .runfiles import CONFIG_LIMIT, read_json, require_regular_file
 from .tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, Tokenizer, load_tokenizer
@@ -64,11 +64,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _unsafe_reason(exc: BaseException) -> str:
     """Why torch's weights-only loader refused a file, in a few words (not its advice to
     load it unsafely)."""
@@ -77,7 +72,7 @@ def _unsafe_reason(exc: BaseException) -> str:
         return f"it asks to run {found.group(1)}, and charlm never runs code from a file (it was not run)"
     if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
         return "it holds objects other than tensors and plain values (charlm never runs code from a file)"
-    detail = _first_line(exc).split(". ")[0][:120]  # torch goes on with advice after the first sentence
+    detail = first_line(exc).split(". ")[0][:120]  # torch goes on with advice after the first sentence
     return f"it is damaged, truncated or corrupt ({type(exc).__name__}: {detail})"
 
 
@@ -97,7 +92,7 @@ def _check_weights_file(path: Path, config: RunConfig) -> None:
             expected = RNNLM(config.model)
     except (RuntimeError, ValueError, OverflowError) as exc:
         raise CharlmError(
-            f"{path.parent.parent / CONFIG_FILE} describes a model that cannot be built ({_first_line(exc)}); "
+            f"{path.parent.parent / CONFIG_FILE} describes a model that cannot be built ({first_line(exc)}); "
             f"restore the run's own {CONFIG_FILE}"
         ) from None
     shapes = {name: tuple(p.shape) for name, p in expected.state_dict().items()}
@@ -111,7 +106,7 @@ def _check_weights_file(path: Path, config: RunConfig) -> None:
             found = {key: (tuple(s.get_shape()), s.get_dtype()) for key, s in stored.items()}
     except (SafetensorError, OSError) as exc:
         raise CharlmError(
-            f"{path} is not a readable safetensors file ({_first_line(exc)}); the checkpoint is damaged or "
+            f"{path} is not a readable safetensors file ({first_line(exc)}); the checkpoint is damaged or "
             "not a charlm checkpoint: use the other checkpoint (--checkpoint best/last) or retrain"
         ) from None
     for key, (shape, dtype) in found.items():
@@ -297,7 +292,7 @@ class RunDirectory:
                 if trainer_state is not None:
                     torch.save(trainer_state, work / STATE_FILE)
             except (SafetensorError, RuntimeError) as exc:  # how both writers report a failed write
-                raise OSError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+                raise OSError(first_line(exc)) from exc
             for item in work.iterdir():
                 os.chmod(item, 0o666 & ~UMASK)  # safetensors creates its file private (0600)
                 with open(item, "rb") as f:
@@ -327,7 +322,7 @@ class RunDirectory:
             with safe_open(str(path), framework="pt") as f:
                 raw = f.metadata() or {}
         except (SafetensorError, OSError) as exc:
-            raise CharlmError(f"{path} cannot be read ({_first_line(exc)}); the checkpoint is damaged") from None
+            raise CharlmError(f"{path} cannot be read ({first_line(exc)}); the checkpoint is damaged") from None
         out = {}
         for key, value in raw.items():
             try:
@@ -359,7 +354,7 @@ class RunDirectory:
                     load_model(model, str(path), strict=True, device=str(device))
                 except (SafetensorError, RuntimeError, OSError) as exc:
                     raise CharlmError(
-                        f"{path} cannot be loaded ({_first_line(exc)}); "
+                        f"{path} cannot be loaded ({first_line(exc)}); "
                         f"the checkpoint is damaged or does not match {CONFIG_FILE}"
                     ) from None
                 for tensor_name, tensor in model.state_dict().items():

@@ -438,6 +438,15 @@ def _read_prompt_file(path: Path) -> str:
         raise CharlmError(f"--prompt-file: {path} is not UTF-8 (byte {exc.start}); convert it") from None
 
 
+def _require_utf8(text: str, option: str, what: str) -> None:
+    """Refuse an argument that is not Unicode text: bytes that are not UTF-8 in the command
+    line arrive as lone surrogates, which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CharlmError(f"{option}: character {exc.start} is not valid UTF-8; give {what} as UTF-8 text") from None
+
+
 def _show_char(ch: str) -> str:
     """A character for a notice: quoted when it prints as itself, else its code point (a
     control character, a bidi override or a lone combining mark would act on the terminal
@@ -493,10 +502,7 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
         if prompt:
             raise CharlmError("give --prompt or --prompt-file, not both")
         prompt = _read_prompt_file(prompt_file)
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as exc:  # argument bytes that are not UTF-8 arrive as lone surrogates
-        raise CharlmError(f"--prompt: character {exc.start} is not valid UTF-8; give the prompt as UTF-8 text") from None
+    _require_utf8(prompt, "--prompt", "the prompt")
     check_counts(num_samples, max_tokens)  # before loading the model; its memory is checked after
     if threads is not None and threads < 1:
         raise CharlmError(f"--threads must be at least 1 (got {threads})")
@@ -506,10 +512,7 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
     if any(not s for s in stops):
         raise CharlmError("--stop needs some text")
     for text in stops:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise CharlmError(f"--stop {text!r} is not valid UTF-8; give the stop text as UTF-8") from None
+        _require_utf8(text, "--stop", "the stop text")
 
     torch_device = resolve_device(device)
     set_threads(threads)

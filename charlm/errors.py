@@ -15,6 +15,12 @@ class CharlmError(Exception):
     """A user-facing error: bad input, bad option, missing or damaged file."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (or its type's name), to quote in one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def write_error(exc: OSError, what: str, where, fix: str) -> CharlmError:
     """The CharlmError for an OSError raised while writing `what` in `where`; a full disk
     (or quota, or file size limit) says so, since the fix is then to free space."""

@@ -41,7 +41,7 @@ from .batching import LaneBatcher
 from .checkpoint import BEST, LAST, METRICS_FILE, STATE_FILE, RunDirectory
 from .config import ModelConfig, TrainConfig
 from .corpus import PreparedCorpus
-from .errors import CharlmError
+from .errors import CharlmError, first_line
 from .evaluate import DEFAULT_WINDOW, score_tokens
 from .faults import FaultPlan, OutOfMemory
 from .guard import DivergenceGuard
@@ -187,9 +187,8 @@ class Trainer:
             self.best_val_loss, self.last_val_loss = saved["best_val_loss"], saved["last_val_loss"]
             self.optimizer.load_state_dict(saved["optimizer"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            first_line = str(exc).splitlines()[0] if str(exc) else ""
             raise CharlmError(
-                f"{where} does not fit this run ({type(exc).__name__}: {first_line}); the checkpoint is damaged: "
+                f"{where} does not fit this run ({type(exc).__name__}: {first_line(exc)}); the checkpoint is damaged: "
                 "start a new run with --overwrite (generate and perplexity still work)"
             ) from None
         if saved.get("scaler") and self.scaler.is_enabled():
@@ -266,7 +265,7 @@ class Trainer:
             if self.last_checkpoint_step is not None:
                 then = (
                     f"the checkpoint from step {self.last_checkpoint_step} is intact; free some disk space, "
-                    f"then continue with: charlm train --out {self.run_dir.path} --resume"
+                    f"then continue with: {self._resume_command()}"
                 )
             else:
                 then = "free some disk space, then start the run again with --overwrite"
@@ -278,6 +277,9 @@ class Trainer:
         self._checkpoint_owed = False
 
     # ----- helpers --------------------------------------------------------------------
+    def _resume_command(self) -> str:
+        return f"charlm train --out {self.run_dir.path} --resume"
+
     def _emit(self, event: dict[str, Any], durable: bool = False) -> int:
         """Log an event to metrics.jsonl and the listener; returns the metrics file's size."""
         try:
@@ -285,7 +287,7 @@ class Trainer:
         except OSError as exc:
             raise CharlmError(
                 f"cannot write {self.run_dir.path / METRICS_FILE} ({exc.strerror or exc}); "
-                f"free some disk space, then continue with: charlm train --out {self.run_dir.path} --resume"
+                f"free some disk space, then continue with: {self._resume_command()}"
             ) from None
         self.on_event(event)
         return size
@@ -393,7 +395,7 @@ class Trainer:
         lr = self.config.lr * self.lr_scale
         if self.last_checkpoint_step is not None:
             intact = f"the checkpoint from step {self.last_checkpoint_step} is intact: continue it with a lower --lr, e.g. "
-            intact += f"charlm train --out {self.run_dir.path} --resume --lr {lr / 2:.3g}"
+            intact += f"{self._resume_command()} --lr {lr / 2:.3g}"
         else:
             intact = "start again with a lower --lr"
         return CharlmError(f"training diverged at step {self.step}: {why}; {intact} (or try --precision fp32)")
@@ -446,10 +448,9 @@ class Trainer:
             if self.last_checkpoint_step is not None
             else "no checkpoint was written"
         )
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return CharlmError(
-            f"out of memory at step {self.step + 1} ({first_line}); {where}. Free memory and continue with: "
-            f"charlm train --out {self.run_dir.path} --resume, or start a new run with a smaller --batch-size or --hidden"
+            f"out of memory at step {self.step + 1} ({first_line(exc)}); {where}. Free memory and continue with: "
+            f"{self._resume_command()}, or start a new run with a smaller --batch-size or --hidden"
         )
 
     # ----- the loop -------------------------------------------------------------------

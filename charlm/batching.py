@@ -19,6 +19,10 @@ window w, which is why the hidden state of lane b is carried from one window to 
 
 Each epoch draws its offset o from a generator seeded by (seed, epoch), so window boundaries
 move between epochs and a resumed run gets the same batches from (epoch, window) alone.
+
+Under torchrun each process takes a contiguous share of the B lanes (`lanes=(start, stop)`)
+of the very same layout, so N processes together read exactly the token stream one process
+would read with the same B.
 """
 
 from __future__ import annotations
@@ -62,10 +66,26 @@ def require_tokens(count: int, batch_size: int, seq_len: int) -> None:
 class LaneBatcher:
     """Training batches for stateful TBPTT; see the module docstring for the layout."""
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int = 0, random_offset: bool = True):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        random_offset: bool = True,
+        lanes: tuple[int, int] | None = None,
+        pin_memory: bool = False,
+    ):
+        """batch_size is the global B; `lanes` picks this process's rows [start, stop) of it
+        (all of them by default); pin_memory puts batches in page-locked memory, for
+        asynchronous copies to a GPU."""
         require_tokens(len(tokens), batch_size, seq_len)
         self.tokens = tokens
         self.batch_size = batch_size
+        self.lanes = lanes or (0, batch_size)
+        if not 0 <= self.lanes[0] < self.lanes[1] <= batch_size:
+            raise ValueError(f"lanes {self.lanes} are not a share of {batch_size} lanes")
+        self.pin_memory = pin_memory
         self.seq_len = seq_len
         self.seed = seed
         self.random_offset = random_offset
@@ -92,13 +112,17 @@ class LaneBatcher:
         return self._x.shape[1] // self.seq_len
 
     def batch(self, epoch: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x, y of shape (B, T), int64, on the CPU."""
+        """x, y of shape (b, T), int64, on the CPU: this process's b lanes of the B."""
         self._layout(epoch)
         start = window * self.seq_len
         end = start + self.seq_len
         if window < 0 or end > self._x.shape[1]:
             raise IndexError(f"window {window} is outside epoch {epoch}")
-        return to_long_tensor(self._x[:, start:end]), to_long_tensor(self._y[:, start:end])
+        first, last = self.lanes
+        x, y = to_long_tensor(self._x[first:last, start:end]), to_long_tensor(self._y[first:last, start:end])
+        if self.pin_memory:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
 
     @property
     def tokens_per_epoch(self) -> int:

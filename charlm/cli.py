@@ -21,7 +21,7 @@ from typing import Any, Optional
 import click
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .batching import require_tokens
 from .checkpoint import RunDirectory
 from .config import (
@@ -47,10 +47,11 @@ from .evaluate import DEFAULT_LANES, DEFAULT_WINDOW, Scorer
 from .faults import ENV_VAR as FAULTS_ENV_VAR
 from .faults import FaultPlan
 from .generate import MAX_SAMPLES, MAX_TOKENS, Generator, check_counts
-from .hardware import resolve_device, resolve_precision, set_threads
+from .hardware import check_precision_runs, resolve_device, resolve_precision, set_threads
 from .preflight import check_out_writable, check_training_memory, create_run_directory
 from .tokenizer import fingerprint as tokenizer_fingerprint
 from .trainer import Trainer
+from .trainer import fingerprint as data_fingerprint
 
 _T, _M = TrainConfig, ModelConfig  # option defaults live in the dataclasses
 
@@ -69,7 +70,8 @@ class CharlmGroup(click.Group):
     """A click group that reports every user error as one line and an exit status."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        console = Console()
+        rank = _torchrun_rank()
+        console = Console(rank=rank)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -78,6 +80,8 @@ class CharlmGroup(click.Group):
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
+            if rank:  # the same mistake on every process: rank 0 reports it
+                sys.exit(exc.exit_code)
             hint = ""
             ctx = getattr(exc, "ctx", None)
             if ctx is not None:
@@ -103,6 +107,15 @@ class CharlmGroup(click.Group):
         return result
 
 
+def _torchrun_rank() -> Optional[int]:
+    """This process's rank when torchrun started it, else None."""
+    try:
+        rank, _, size, _ = distributed.launched_world()
+    except CharlmError:
+        return None
+    return rank if size > 1 else None
+
+
 @click.group(cls=CharlmGroup, context_settings=GROUP_CONTEXT, no_args_is_help=True)
 @click.version_option(__version__, "-V", "--version", prog_name="charlm")
 def cli() -> None:
@@ -114,7 +127,7 @@ def cli() -> None:
 # model, the data or the batches is fixed by the run.
 RESUMABLE_OPTIONS = {
     "max_steps", "max_time", "epochs", "eval_every", "checkpoint_every", "log_every",
-    "sample_length", "device", "threads", "precision", "out", "resume",
+    "sample_length", "device", "threads", "precision", "compile", "out", "resume",
     "lr", "grad_clip", "on_divergence", "spike_factor", "skip_limit", "max_rollbacks", "rollback_lr_factor",
 }  # fmt: skip
 
@@ -159,17 +172,28 @@ def _apply_cadence(options: dict[str, Any]) -> None:
     options["checkpoint_every"], options["checkpoint_seconds"] = steps, seconds
 
 
-class _StopFlag:
-    """Ctrl-C once: finish the step, checkpoint, stop. Ctrl-C twice: stop at once."""
+STOP_SIGNAL_GRACE_S = 5.0
 
-    def __init__(self) -> None:
+
+class _StopFlag:
+    """Ctrl-C once: finish the step, checkpoint, stop. Ctrl-C twice: stop at once.
+
+    Under torchrun, Ctrl-C reaches each process twice (from the terminal, then forwarded by
+    torchrun), so a second signal within `once_per` seconds counts as the same one."""
+
+    def __init__(self, once_per: float = 0.0) -> None:
         self.requested = False
+        self.once_per = once_per
+        self._first_at = 0.0
         self._previous: Any = None
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            if time.monotonic() - self._first_at < self.once_per:
+                return
             raise KeyboardInterrupt
         self.requested = True
+        self._first_at = time.monotonic()
 
     def __enter__(self) -> "_StopFlag":
         try:
@@ -250,7 +274,11 @@ def _naming_environment(ctx: click.Context):
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision,
               help="auto: bf16 where the hardware has it (CUDA, or a CPU with AVX512-BF16/AMX), else fp32.")
 @click.option("--device", type=click.Choice(DEVICES), default=_T.device, help="auto picks CUDA when present.")
-@click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
+@click.option("--threads", type=int,
+              help="CPU threads per process. Default: one per available core, shared among the processes "
+                   "torchrun starts on this machine (torchrun's own default is 1).")
+@click.option("--compile/--no-compile", default=_T.compile,
+              help="Compile the training step with torch.compile: a slower start, then faster steps, mostly on GPUs.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED - 1), default=_T.seed, help="Random seed.")
 @click.option("--max-steps", type=int, help="Stop after this many steps.")
 @click.option("--max-time", type=float,
@@ -275,14 +303,28 @@ def _naming_environment(ctx: click.Context):
 @click.option("--sample-length", type=int, default=_T.sample_length, help="Tokens of sample text printed at the end (0: none).")
 @click.pass_context
 def train(ctx: click.Context, **options: Any) -> None:
-    """Train a recurrent language model on a corpus; write a self-contained run directory."""
-    console = Console()
+    """Train a recurrent language model on a corpus; write a self-contained run directory.
+
+    Under torchrun (torchrun --nproc_per_node=N -m charlm train ...) the N processes train
+    one model with DistributedDataParallel, sharing the --batch-size lanes."""
+    world = distributed.start()  # a no-op unless torchrun started this process
+    status = _train(ctx, world, Console(rank=world.rank if world.distributed else None), options)
+    # after an error, the process just exits (torchrun stops the others); a clean end waits
+    # for every process before the group is taken down, or gloo may abort one of them
+    distributed.stop(world)
+    if status:
+        sys.exit(status)
+
+
+def _plan_run(ctx: click.Context, options: dict[str, Any], model_options: dict[str, Any]) -> dict[str, Any]:
+    """Everything decided from the options and the run directory before the corpus is read:
+    the configurations, what changed on a resume, the corpus to read. Under torchrun only
+    rank 0 does this (only it reads the run directory) and sends the plan to the others."""
     out: Optional[Path] = options.pop("out")
     resume: bool = options.pop("resume")
     overwrite: bool = options.pop("overwrite")
-    model_options = {name: options.pop(name) for name in ("cell", "layers", "hidden", "embed", "dropout", "tie_weights")}
-
     changed: dict[str, Any] = {}  # resumable options given new values: [old, new]
+    run_config = model_config = None
     if resume:
         if out is None:
             raise CharlmError("--resume needs --out, the run directory to continue")
@@ -318,9 +360,7 @@ def train(ctx: click.Context, **options: Any) -> None:
         with _naming_environment(ctx):
             train_config.validate()
             ModelConfig(vocab_size=2, **model_options).validate()
-
-    if not resume:  # fail before a long corpus preparation
-        if out is not None:
+        if out is not None:  # fail before a long corpus preparation
             RunDirectory(out).check(overwrite=overwrite)
         check_out_writable(out if out is not None else Path("runs"))
     main_source = None
@@ -328,29 +368,48 @@ def train(ctx: click.Context, **options: Any) -> None:
         label, files, notes = resolve_default_corpus()
         main_source = TextSource(label=label, files=files, notes=notes)
         train_config.data = label
+    return {"train": train_config, "model": model_config, "run": run_config, "changed": changed, "out": out,
+            "resume": resume, "overwrite": overwrite, "main_source": main_source}
+
+
+def _train(ctx: click.Context, world: distributed.World, console: Console, options: dict[str, Any]) -> int:
+    """Returns the exit status; raises on errors."""
+    model_options = {name: options.pop(name) for name in ("cell", "layers", "hidden", "embed", "dropout", "tie_weights")}
+    plan = distributed.broadcast(world, _plan_run(ctx, options, model_options) if world.is_main else None)
+    train_config: TrainConfig = plan["train"]
+    resume, changed = plan["resume"], plan["changed"]
+    if resume:
+        model_config: ModelConfig = plan["model"]
+        model_options = {name: getattr(model_config, name) for name in model_options}
 
     with _naming_environment(ctx):
-        device = resolve_device(train_config.device)
+        device = distributed.process_device(world, resolve_device(train_config.device))
         precision = resolve_precision(train_config.precision, device)
-        threads = set_threads(train_config.threads)
-    shape = {name: getattr(model_config, name) for name in model_options} if resume else model_options
-    check_training_memory(shape, train_config, device, precision)  # before reading the corpus
+        check_precision_runs(model_options["cell"], device, precision)
+        threads = set_threads(train_config.threads, processes_here=world.local_size)
+    check_training_memory(model_options, train_config, device, precision, processes=world.size)
 
-    started = time.perf_counter()
-    corpus = prepare_corpus(
-        train_config.data,
-        val_data=train_config.val_data,
-        test_data=train_config.test_data,
-        val_fraction=train_config.val_fraction,
-        test_fraction=train_config.test_fraction,
-        tokenizer=train_config.tokenizer,
-        vocab_size=train_config.vocab_size,
-        spm_model_type=train_config.spm_model_type,
-        encoding_errors=train_config.encoding_errors,
-        threads=threads,
-        main_source=main_source,
-        on_stage=console.note,
-    )
+    # rank 0 prepares the corpus first; the others then find it in the cache (when the
+    # machines share a file system) or prepare their own, which must come out the same
+    corpus = None
+    for turn in ("main", "others"):
+        if (turn == "main") == world.is_main:
+            started = time.perf_counter()
+            corpus = prepare_corpus(
+                train_config.data,
+                val_data=train_config.val_data,
+                test_data=train_config.test_data,
+                val_fraction=train_config.val_fraction,
+                test_fraction=train_config.test_fraction,
+                tokenizer=train_config.tokenizer,
+                vocab_size=train_config.vocab_size,
+                spm_model_type=train_config.spm_model_type,
+                encoding_errors=train_config.encoding_errors,
+                threads=threads,
+                main_source=plan["main_source"],
+                on_stage=console.note,
+            )
+        distributed.barrier(world)
     for note in corpus.notes:
         console.warn(note)
     how = "cached" if corpus.from_cache else f"prepared in {time.perf_counter() - started:.1f}s"
@@ -358,34 +417,41 @@ def train(ctx: click.Context, **options: Any) -> None:
         f"corpus {corpus.label}: {corpus.tokenizer.kind} tokenizer, vocabulary {corpus.tokenizer.vocab_size:,}; "
         f"{how} ({corpus.cache_dir})"
     )
+    _check_same_corpus_everywhere(world, corpus)
 
     require_tokens(len(corpus.splits["train"]), train_config.batch_size, train_config.seq_len)
-    if resume:
-        _check_same_tokenizer(run_dir, corpus)
-    else:
+    out = plan["out"]
+    if not resume:
         model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_options)
         model_config.validate()
-        check_training_memory(model_options, train_config, device, precision, corpus.tokenizer.vocab_size)
-        if out is None:
-            out = Path("runs") / f"{corpus.label}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = RunDirectory(out)
-        create_run_directory(
-            run_dir, overwrite, corpus.tokenizer,
-            RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind,
-                      tokenizer_fingerprint=tokenizer_fingerprint(corpus.tokenizer), charlm_version=__version__),
-        )
+        check_training_memory(model_options, train_config, device, precision, corpus.tokenizer.vocab_size, world.size)
+    if world.is_main:
+        if resume:
+            run_dir = RunDirectory(out)
+            _check_same_tokenizer(run_dir, corpus)
+        else:
+            if out is None:
+                out = Path("runs") / f"{corpus.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = RunDirectory(out)
+            create_run_directory(
+                run_dir, plan["overwrite"], corpus.tokenizer,
+                RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind,
+                          tokenizer_fingerprint=tokenizer_fingerprint(corpus.tokenizer), charlm_version=__version__),
+            )
+    run_dir = RunDirectory(distributed.broadcast(world, str(run_dir.path) if world.is_main else None))
     console.info(f"run directory: {run_dir.path}")
 
     faults = FaultPlan(os.environ.get(FAULTS_ENV_VAR))
     if faults:
         console.warn(f"{FAULTS_ENV_VAR} is set: this run fails on purpose ({os.environ[FAULTS_ENV_VAR]})")
     reporter = TrainReporter(console)
-    with _StopFlag() as stop, reporter:
+    with _StopFlag(once_per=STOP_SIGNAL_GRACE_S if world.distributed else 0.0) as stop, reporter:
         trainer = Trainer(model_config, train_config, corpus, run_dir, device, precision,
-                          on_event=reporter, should_stop=stop, faults=faults)
+                          on_event=reporter if world.is_main else None, should_stop=stop, faults=faults, world=world)
         if resume:
             trainer.resume(changed)
-            if changed:  # the new limits, cadence and steering hold for later resumes too
+            if changed and world.is_main:  # the new limits, cadence and steering hold for later resumes too
+                run_config = plan["run"]
                 run_config.train = train_config
                 run_dir.write_config(run_config)
             done = trainer.stop_reason()
@@ -393,17 +459,41 @@ def train(ctx: click.Context, **options: Any) -> None:
                 option = "--" + done.replace("_", "-")
                 raise CharlmError(f"the run already reached its {option} limit; give a larger {option} to continue")
         result = trainer.run()
+        trainer.close()
 
     if result.reason == "interrupted":
-        console.info(f"checkpoint saved; continue with: charlm train --out {run_dir.path} --resume")
-        sys.exit(EXIT_INTERRUPTED)
-    if train_config.sample_length > 0:
+        console.info(f"checkpoint saved; continue with: {_resume_hint(world, run_dir)}")
+        return EXIT_INTERRUPTED
+    if train_config.sample_length > 0 and world.is_main:
         model, which = run_dir.load_model("auto", device=device)
         console.heading(f"sample from the {which} checkpoint:")
         generator = Generator(model, corpus.tokenizer, device)
         for text in generator.stream("", train_config.sample_length, SampleConfig(), seed=train_config.seed):
             console.write_text(text)
         console.write_text("\n")
+    return 0
+
+
+def _resume_hint(world: distributed.World, run_dir: RunDirectory) -> str:
+    command = f"charlm train --out {run_dir.path} --resume"
+    if world.distributed:
+        return f"torchrun ... -m {command} (any number of processes)"
+    return command
+
+
+def _check_same_corpus_everywhere(world: distributed.World, corpus) -> None:
+    """Under torchrun, refuse to train when the processes read different token streams
+    (a corpus that differs between machines, a SentencePiece model trained apart)."""
+    if not world.distributed:
+        return
+    mine = (tokenizer_fingerprint(corpus.tokenizer), int(len(corpus.splits["train"])), data_fingerprint(corpus.splits["train"]))
+    everyone = distributed.gather(world, mine)
+    for rank, theirs in enumerate(everyone):
+        if theirs != everyone[0]:
+            raise CharlmError(
+                f"the process of rank {rank} prepared a different corpus or tokenizer than rank 0; every machine "
+                "needs the same --data (a shared file system, or identical copies at the same path)"
+            )
 
 
 def _check_same_tokenizer(run_dir: RunDirectory, corpus) -> None:

@@ -136,6 +136,7 @@ class TrainConfig(_Options):
     precision: str = "auto"
     device: str = "auto"
     threads: Optional[int] = None
+    compile: bool = False
     seed: int = 1337
     # when to stop (whichever comes first); all None means DEFAULT_MAX_TIME_S
     max_steps: Optional[int] = None

@@ -38,28 +38,37 @@ def _duration(seconds: float) -> str:
 
 
 class Console:
-    def __init__(self, stderr: Optional[RichConsole] = None):
+    def __init__(self, stderr: Optional[RichConsole] = None, rank: Optional[int] = None):
+        """rank: this process's rank under torchrun. Only rank 0 talks; the others say
+        nothing but their own errors, marked with their rank."""
         self.err = stderr or RichConsole(stderr=True, highlight=False, soft_wrap=True)
+        self.rank = rank
+        self.quiet = bool(rank)
 
     @property
     def is_terminal(self) -> bool:
-        return self.err.is_terminal
+        return self.err.is_terminal and not self.quiet
 
     def info(self, message: str) -> None:
-        self.err.print(Text(_plain(message)))
+        if not self.quiet:
+            self.err.print(Text(_plain(message)))
 
     def note(self, message: str) -> None:
-        self.err.print(Text(_plain(message), style="dim"))
+        if not self.quiet:
+            self.err.print(Text(_plain(message), style="dim"))
 
     def warn(self, message: str) -> None:
-        self.err.print(Text("warning: ", style="yellow bold") + Text(_plain(message)))
+        if not self.quiet:
+            self.err.print(Text("warning: ", style="yellow bold") + Text(_plain(message)))
 
     def error(self, message: str) -> None:
+        where = f"charlm (rank {self.rank}): error: " if self.rank else "charlm: error: "
         # one line, whatever the terminal width
-        self.err.print(Text("charlm: error: ", style="red bold") + Text(_plain(message)), soft_wrap=True)
+        self.err.print(Text(where, style="red bold") + Text(_plain(message)), soft_wrap=True)
 
     def heading(self, message: str) -> None:
-        self.err.print(Text(_plain(message), style="bold"))
+        if not self.quiet:
+            self.err.print(Text(_plain(message), style="bold"))
 
     @staticmethod
     def write_text(text: str) -> None:
@@ -118,8 +127,14 @@ class TrainReporter:
             limits.append(_duration(e["max_time"]))
         if e.get("epochs"):
             limits.append(f"{e['epochs']:g} epochs")
+        threads = f"{e['threads']} CPU thread{'s' if e['threads'] != 1 else ''}"
+        where = e["device"]
+        if e.get("processes", 1) > 1:
+            where = f"{e['processes']} processes ({e['device'].split(':')[0]}, DDP)"
+            threads += " per process"
+        compiled = ", compiled" if e.get("compile") else ""
         self.console.info(
-            f"model: {e['parameters']:,} parameters on {e['device']} ({e['precision']}, {e['threads']} CPU thread{'s' if e['threads'] != 1 else ''}); "
+            f"model: {e['parameters']:,} parameters on {where} ({e['precision']}, {threads}{compiled}); "
             f"train {e['train_tokens']:,} tokens, val {e['val_tokens']:,} tokens; "
             f"stops after {' or '.join(limits)}" + (", whichever comes first" if len(limits) > 1 else "")
         )

@@ -121,23 +121,31 @@ def score_tokens(
     device: torch.device = torch.device("cpu"),
     precision: str = "fp32",
     min_lane_tokens: int = MIN_LANE_TOKENS,
+    part: tuple[int, int] = (0, 1),
 ) -> Score:
     """Total NLL of every token of `tokens` (see the module docstring for the method).
 
     At most one lane per `min_lane_tokens` tokens, so a short text is not cut into lanes
-    that each start without context."""
+    that each start without context.
+
+    part (i, n) scores only the i-th of n contiguous shares of the lanes (the last share
+    also takes the tail), for n processes that each score a share: the sums of their
+    `nll` and `tokens` are what one process scoring everything gets."""
     n = len(tokens)
     if n == 0:
         return Score(nll=0.0, tokens=0)
     lanes = max(1, min(lanes, n // max(min_lane_tokens, 1)))  # short texts: fewer (or no) resets
     span = n // lanes  # predictions per lane; the remainder continues the last lane
+    index, count = part
+    first, last = index * lanes // count, (index + 1) * lanes // count  # this part's lanes
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    starts = np.arange(lanes, dtype=np.int64)[:, None] * span  # (B, 1) first prediction of each lane
+    scored = 0
+    starts = np.arange(first, last, dtype=np.int64)[:, None] * span  # (B, 1) first prediction of each lane
     state = None
     try:
-        for begin in range(0, span, window):
+        for begin in range(0, span if last > first else 0, window):
             offsets = np.arange(begin, min(begin + window, span), dtype=np.int64)[None, :]
             targets = starts + offsets  # (B, T) positions predicted
             x = _gather(tokens, context_id, targets - 1).to(device, non_blocking=True)
@@ -145,8 +153,9 @@ def score_tokens(
             with autocast(device, precision):
                 logits, state = model(x, state)
             total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+            scored += y.numel()
             state = detach_state(state)
-        if lanes * span < n:  # the tail continues the last lane, whose state it needs
+        if lanes * span < n and last == lanes:  # the tail continues the last lane, whose state it needs
             if state is None:
                 last_state = None
             elif isinstance(state, tuple):
@@ -160,11 +169,12 @@ def score_tokens(
                 with autocast(device, precision):
                     logits, last_state = model(x, last_state)
                 total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+                scored += y.numel()
                 last_state = detach_state(last_state)
     finally:
         model.train(was_training)
     resets = lanes - 1 if span > 0 else 0
-    return Score(nll=float(total), tokens=n, lanes=lanes if span > 0 else 1, context_resets=resets)
+    return Score(nll=float(total), tokens=scored, lanes=lanes if span > 0 else 1, context_resets=resets)
 
 
 @torch.no_grad()

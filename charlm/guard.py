@@ -5,6 +5,12 @@ A step is bad when its loss or its gradient norm is not finite, or when its loss
 trusted after `SPIKE_WARMUP` good steps). The trainer skips a bad step's update; what it
 does after several bad steps in a row (roll back, give up) is the trainer's business.
 
+The judging happens on the device the step ran on, in float64 tensors, so that a GPU never
+waits for the host to read a loss: `judge` returns the verdict as a tensor (the optimizer
+skips on it without a sync) and a small record of the step that the trainer reads back
+later, a batch of steps at a time, to log and to react. `describe` turns a record of a bad
+step into words.
+
 Everything the guard remembers is in `state_dict()`, so a resumed run judges its steps
 exactly as the uninterrupted run would have.
 """
@@ -12,7 +18,9 @@ exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
+
+import torch
 
 # good steps before the average is trusted for spike detection
 SPIKE_WARMUP = 10
@@ -20,48 +28,85 @@ SPIKE_WARMUP = 10
 EMA_BETA = 0.98
 
 
+class StepRecord(NamedTuple):
+    """One judged step, as read back on the host."""
+
+    loss: float
+    grad_norm: float
+    average: float  # the moving average the step was judged against (NaN: none yet)
+    bad: bool
+    streak: int  # bad steps in a row, this one included (0 for a good step)
+
+
 class DivergenceGuard:
-    def __init__(self, spike_factor: float, check_gradient: bool = True):
-        """spike_factor 0 turns spike detection off; non-finite values are always bad.
+    def __init__(self, spike_factor: float, check_gradient: bool = True, device: torch.device = torch.device("cpu")):
+        """spike_factor 0 turns spike detection off; non-finite losses are always bad.
 
         check_gradient False leaves non-finite gradients to fp16's GradScaler, which skips
         those steps itself and lowers its scale."""
         self.spike_factor = spike_factor
         self.check_gradient = check_gradient
-        self.average: Optional[float] = None
-        self.good_steps = 0
-        self.bad_streak = 0
+        self.device = device
+        self._average = torch.full((), math.nan, dtype=torch.float64, device=device)  # NaN: no good step yet
+        self._good_steps = torch.zeros((), dtype=torch.int64, device=device)
+        self._bad_streak = torch.zeros((), dtype=torch.int64, device=device)
 
-    def judge(self, loss: float, grad_norm: float) -> Optional[str]:
-        """None for a good step (and learn from it), else why it is bad (and count it)."""
-        reason = self._reason(loss, grad_norm)
-        if reason is None:
-            self.good_steps += 1
-            self.bad_streak = 0
-            self.average = loss if self.average is None else EMA_BETA * self.average + (1 - EMA_BETA) * loss
-        else:
-            self.bad_streak += 1
-        return reason
+    def judge(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bad, record): a bool tensor, and a float64 tensor of 5 that `read` turns into a
+        StepRecord. Learns from a good step; counts a bad one. Never syncs with the host."""
+        loss = loss.detach().to(torch.float64)
+        grad_norm = grad_norm.detach().to(torch.float64)
+        bad = ~torch.isfinite(loss)
+        if self.check_gradient:
+            bad = bad | ~torch.isfinite(grad_norm)
+        if self.spike_factor > 0:
+            trusted = (self._good_steps >= SPIKE_WARMUP) & ~torch.isnan(self._average)
+            bad = bad | (trusted & (loss > self.spike_factor * self._average))
+        average_before = self._average.clone()
+        moved = torch.where(torch.isnan(self._average), loss, EMA_BETA * self._average + (1 - EMA_BETA) * loss)
+        self._average.copy_(torch.where(bad, self._average, moved))
+        self._good_steps.add_((~bad).long())
+        self._bad_streak.copy_(torch.where(bad, self._bad_streak + 1, torch.zeros_like(self._bad_streak)))
+        record = torch.stack([loss, grad_norm, average_before, bad.double(), self._bad_streak.double()])
+        return bad, record
 
-    def _reason(self, loss: float, grad_norm: float) -> Optional[str]:
-        if not math.isfinite(loss):
-            return f"the loss is {loss}"
-        if self.check_gradient and not math.isfinite(grad_norm):
-            return f"the gradient norm is {grad_norm}"
-        if (
-            self.spike_factor > 0
-            and self.average is not None
-            and self.good_steps >= SPIKE_WARMUP
-            and loss > self.spike_factor * self.average
-        ):
-            return f"the loss spiked to {loss:.4g}, {loss / self.average:.1f}x its recent average {self.average:.4g}"
-        return None
+    @staticmethod
+    def read(records: list[torch.Tensor]) -> list[StepRecord]:
+        """Bring records to the host (one transfer for all of them)."""
+        if not records:
+            return []
+        rows = torch.stack(records).cpu().tolist()
+        return [StepRecord(loss, norm, average, bad > 0.5, int(streak)) for loss, norm, average, bad, streak in rows]
+
+    def describe(self, record: StepRecord) -> str:
+        """Why a bad step was bad, in words."""
+        if not math.isfinite(record.loss):
+            return f"the loss is {record.loss}"
+        if self.check_gradient and not math.isfinite(record.grad_norm):
+            return f"the gradient norm is {record.grad_norm}"
+        return (
+            f"the loss spiked to {record.loss:.4g}, {record.loss / record.average:.1f}x "
+            f"its recent average {record.average:.4g}"
+        )
+
+    @property
+    def average(self) -> Optional[float]:
+        value = float(self._average)
+        return None if math.isnan(value) else value
+
+    @property
+    def good_steps(self) -> int:
+        return int(self._good_steps)
+
+    @property
+    def bad_streak(self) -> int:
+        return int(self._bad_streak)
 
     def state_dict(self) -> dict[str, Any]:
         return {"average": self.average, "good_steps": self.good_steps, "bad_streak": self.bad_streak}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         average = saved.get("average")
-        self.average = None if average is None else float(average)
-        self.good_steps = int(saved.get("good_steps", 0))
-        self.bad_streak = int(saved.get("bad_streak", 0))
+        self._average.fill_(math.nan if average is None else float(average))
+        self._good_steps.fill_(int(saved.get("good_steps", 0)))
+        self._bad_streak.fill_(int(saved.get("bad_streak", 0)))

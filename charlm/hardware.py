@@ -36,11 +36,32 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        raise CharlmError("--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CharlmError("--precision bf16: this GPU has no bf16 support; use fp16 or fp32")
     return precision
+
+
+def check_precision_runs(cell: str, device: torch.device, precision: str) -> None:
+    """Refuse a precision torch cannot run for this cell here, before any real work.
+
+    On the CPU, torch's half-precision recurrent kernels depend on the build and the CPU
+    (torch 2.13's oneDNN has no fp16 LSTM here; its GRU runs fp16 inputs in fp32), so a
+    one-step probe with a tiny cell answers it; CUDA runs every cell in fp16 and bf16."""
+    if precision == "fp32" or device.type != "cpu":
+        return
+    from .config import ModelConfig
+    from .model import RNNLM
+
+    probe = RNNLM(ModelConfig(vocab_size=4, cell=cell, layers=1, hidden=8, embed=8, dropout=0.0))
+    try:
+        with autocast(device, precision):
+            logits, _ = probe(torch.zeros(1, 2, dtype=torch.long))
+        logits.float().sum().backward()
+    except RuntimeError:
+        other = "bf16 or fp32" if precision == "fp16" else "fp32"
+        raise CharlmError(
+            f"--precision {precision}: torch cannot run a {cell} cell in {precision} on this CPU; use --precision {other}"
+        ) from None
 
 
 def autocast(device: torch.device, precision: str):
@@ -56,18 +77,27 @@ def cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
-def set_threads(threads: Optional[int]) -> int:
-    """Set torch's intra-op threads (None: one per available core) and return the count.
+def default_threads(processes_here: int = 1) -> int:
+    """The cores this process may use, shared evenly among the processes on this machine.
+
+    torchrun sets OMP_NUM_THREADS=1 for every process it starts, which leaves a CPU run on
+    one core per process; charlm decides for itself instead."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = cpu_cores()
+    return max(1, available // max(processes_here, 1))
+
+
+def set_threads(threads: Optional[int], processes_here: int = 1) -> int:
+    """Set torch's intra-op threads (None: default_threads) and return the count.
 
     torch accepts any count, and OpenMP then crashes (a segmentation fault, no message) when
     it cannot start that many threads: --threads 100000 did so here. More threads than the
     machine has cores never helps, so anything above that is refused.
     """
     if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:
-            threads = cpu_cores()
+        threads = default_threads(processes_here)
     cores = cpu_cores()
     if threads < 1:
         raise CharlmError(f"--threads must be at least 1 (got {threads})")

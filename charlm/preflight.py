@@ -60,16 +60,23 @@ def _vocab_floor(config: TrainConfig) -> int:
 
 
 def check_training_memory(
-    model_options: dict, config: TrainConfig, device: torch.device, precision: str, vocab_size: Optional[int] = None
+    model_options: dict,
+    config: TrainConfig,
+    device: torch.device,
+    precision: str,
+    vocab_size: Optional[int] = None,
+    processes: int = 1,
 ) -> None:
     """Raise CharlmError when the model plus one training batch clearly cannot fit.
 
     Called before the corpus is read (with the smallest vocabulary the tokenizer can give)
-    and again once the vocabulary is known, always before anything is allocated.
+    and again once the vocabulary is known, always before anything is allocated. Under
+    torchrun each of the `processes` holds the whole model and its share of the lanes.
     """
     model = ModelConfig(vocab_size=vocab_size or _vocab_floor(config), **model_options)
     half = precision in ("bf16", "fp16")
-    needed = training_memory_bytes(model, config.batch_size, config.seq_len, half_activations=half)
+    lanes = max(1, config.batch_size // max(processes, 1))
+    needed = training_memory_bytes(model, lanes, config.seq_len, half_activations=half)
     shape = (
         f"a {model.layers}-layer {model.cell} of --hidden {model.hidden} and --embed {model.embed} "
         f"with --batch-size {config.batch_size} x --seq-len {config.seq_len}"

@@ -21,7 +21,8 @@ def capture(device: torch.device) -> dict[str, Any]:
     version, python_state, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+        # this process's GPU only: touching the others would start a CUDA context on each
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else None,
         "numpy": {
             "kind": str(kind),
             "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
@@ -37,12 +38,8 @@ def restore(saved: dict[str, Any], device: torch.device) -> None:
     try:
         torch.set_rng_state(saved["torch"])
         if saved.get("cuda") is not None and device.type == "cuda":
-            states = saved["cuda"]
-            if len(states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states)
-            else:  # resumed on a machine with another number of GPUs: seed what we can
-                for index, state in enumerate(states[: torch.cuda.device_count()]):
-                    torch.cuda.set_rng_state(state, index)
+            # one state, this process's GPU (older checkpoints kept every GPU's; the first was ours)
+            torch.cuda.set_rng_state(saved["cuda"][0], device)
         numpy_state = saved.get("numpy")
         if numpy_state is not None:
             np.random.set_state(

@@ -206,32 +206,56 @@ def test_time_based_checkpoints(tmp_path):
 # ----- the guard ---------------------------------------------------------------------------
 
 
+def _verdict(guard: DivergenceGuard, loss: float, grad_norm: float):
+    """Judge one step and read it back at once: None for a good step, else the reason."""
+    bad, record = guard.judge(torch.tensor(loss), torch.tensor(grad_norm))
+    (read,) = guard.read([record])
+    assert read.bad == bool(bad) and read.loss == pytest.approx(loss, nan_ok=True)
+    return guard.describe(read) if read.bad else None
+
+
 def test_guard_judges_non_finite_values_and_spikes():
     guard = DivergenceGuard(spike_factor=3.0)
-    assert guard.judge(float("nan"), 1.0) == "the loss is nan"
-    assert guard.judge(2.0, float("inf")) == "the gradient norm is inf"
+    assert _verdict(guard, float("nan"), 1.0) == "the loss is nan"
+    assert _verdict(guard, 2.0, float("inf")) == "the gradient norm is inf"
     assert guard.bad_streak == 2
     for _ in range(SPIKE_WARMUP - 1):
-        assert guard.judge(2.0, 1.0) is None
+        assert _verdict(guard, 2.0, 1.0) is None
     assert guard.bad_streak == 0
-    assert guard.judge(7.0, 1.0) is None  # before the warm-up ends, the average is not trusted
+    assert _verdict(guard, 7.0, 1.0) is None  # before the warm-up ends, the average is not trusted
     assert guard.average == pytest.approx(2.0 * 0.98 + 7.0 * 0.02)
-    reason = guard.judge(100.0, 1.0)
+    reason = _verdict(guard, 100.0, 1.0)
     assert reason is not None and reason.startswith("the loss spiked to 100")
-    assert guard.judge(guard.average * 2.9, 1.0) is None
+    assert _verdict(guard, guard.average * 2.9, 1.0) is None
     # fp16: the GradScaler owns non-finite gradients; a non-finite loss is still bad
     fp16 = DivergenceGuard(spike_factor=0, check_gradient=False)
-    assert fp16.judge(2.0, float("inf")) is None
-    assert fp16.judge(float("inf"), 1.0) == "the loss is inf"
+    assert _verdict(fp16, 2.0, float("inf")) is None
+    assert _verdict(fp16, float("inf"), 1.0) == "the loss is inf"
     # spike_factor 0: no spike is bad
     off = DivergenceGuard(spike_factor=0)
     for _ in range(SPIKE_WARMUP):
-        off.judge(1.0, 1.0)
-    assert off.judge(1e6, 1.0) is None
+        _verdict(off, 1.0, 1.0)
+    assert _verdict(off, 1e6, 1.0) is None
 
     copy = DivergenceGuard(spike_factor=3.0)
     copy.load_state_dict(guard.state_dict())
     assert copy.state_dict() == guard.state_dict()
+
+
+def test_guard_records_read_back_in_one_batch_match_step_by_step():
+    """The trainer reads records back a batch of steps at a time on a GPU: the verdicts and
+    streaks must be those of judging and reading each step at once."""
+    losses = [2.0] * 12 + [float("nan"), 50.0, 2.1, float("inf"), 2.0]
+    one_by_one, batched = DivergenceGuard(spike_factor=3.0), DivergenceGuard(spike_factor=3.0)
+    expected = []
+    for loss in losses:
+        _, record = one_by_one.judge(torch.tensor(loss), torch.tensor(1.0))
+        expected += one_by_one.read([record])
+    records = [batched.judge(torch.tensor(loss), torch.tensor(1.0))[1] for loss in losses]
+    got = batched.read(records)
+    assert [(r.bad, r.streak) for r in got] == [(r.bad, r.streak) for r in expected]
+    assert [r.bad for r in got].count(True) == 3 and max(r.streak for r in got) == 2
+    assert batched.state_dict() == one_by_one.state_dict()
 
 
 def test_every_rng_is_restored_on_resume(tmp_path):

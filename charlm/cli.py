@@ -172,28 +172,20 @@ def _apply_cadence(options: dict[str, Any]) -> None:
     options["checkpoint_every"], options["checkpoint_seconds"] = steps, seconds
 
 
-STOP_SIGNAL_GRACE_S = 5.0
-
-
 class _StopFlag:
     """Ctrl-C once: finish the step, checkpoint, stop. Ctrl-C twice: stop at once.
 
-    Under torchrun, Ctrl-C reaches each process twice (from the terminal, then forwarded by
-    torchrun), so a second signal within `once_per` seconds counts as the same one."""
+    Under torchrun the workers run in sessions of their own: Ctrl-C reaches torchrun, which
+    passes it on to each worker once (and kills them 30 seconds later)."""
 
-    def __init__(self, once_per: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.requested = False
-        self.once_per = once_per
-        self._first_at = 0.0
         self._previous: Any = None
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            if time.monotonic() - self._first_at < self.once_per:
-                return
             raise KeyboardInterrupt
         self.requested = True
-        self._first_at = time.monotonic()
 
     def __enter__(self) -> "_StopFlag":
         try:
@@ -363,6 +355,12 @@ def _plan_run(ctx: click.Context, options: dict[str, Any], model_options: dict[s
         if out is not None:  # fail before a long corpus preparation
             RunDirectory(out).check(overwrite=overwrite)
         check_out_writable(out if out is not None else Path("runs"))
+    processes = distributed.launched_world()[2]
+    if train_config.batch_size % processes:
+        raise CharlmError(
+            f"--batch-size {train_config.batch_size} does not divide evenly among the {processes} processes torchrun "
+            f"started; give a multiple of {processes} (it is the global batch, shared out among them)"
+        )
     main_source = None
     if not resume and not _given(ctx, "data"):
         label, files, notes = resolve_default_corpus()
@@ -445,7 +443,7 @@ def _train(ctx: click.Context, world: distributed.World, console: Console, optio
     if faults:
         console.warn(f"{FAULTS_ENV_VAR} is set: this run fails on purpose ({os.environ[FAULTS_ENV_VAR]})")
     reporter = TrainReporter(console)
-    with _StopFlag(once_per=STOP_SIGNAL_GRACE_S if world.distributed else 0.0) as stop, reporter:
+    with _StopFlag() as stop, reporter:
         trainer = Trainer(model_config, train_config, corpus, run_dir, device, precision,
                           on_event=reporter if world.is_main else None, should_stop=stop, faults=faults, world=world)
         if resume:

@@ -86,8 +86,10 @@ def new_trainer(
     events: Optional[list] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     seed: int = 0,
+    **trainer_options: Any,
 ) -> Trainer:
-    """A Trainer on a freshly prepared run directory (config and tokenizer written)."""
+    """A Trainer on a freshly prepared run directory (config and tokenizer written);
+    trainer_options go to Trainer (faults, check_every)."""
     mc = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **{**MODEL_DEFAULTS, **(model or {})})
     tc = TrainConfig(**{**TRAIN_DEFAULTS, **(train or {})})
     tc.validate()
@@ -96,7 +98,8 @@ def new_trainer(
     run.save_tokenizer(corpus.tokenizer)
     run.write_config(RunConfig(model=mc, train=tc, tokenizer_kind=corpus.tokenizer.kind))
     torch.manual_seed(seed)
-    return Trainer(mc, tc, corpus, run, CPU, precision, on_event=_sink(events), should_stop=should_stop)
+    return Trainer(mc, tc, corpus, run, CPU, precision, on_event=_sink(events), should_stop=should_stop,
+                   **trainer_options)  # fmt: skip
 
 
 def resumed_trainer(

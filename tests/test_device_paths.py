@@ -1,0 +1,156 @@
+"""The GPU-minded code paths, exercised on the CPU: mixed precision, the sync-free step, compile.
+
+  * bf16 and fp16 autocast train for real where torch runs them on this CPU (a one-step probe
+    decides, as the CLI's does); the carried state, the weights and AdamW's moments stay
+    fp32 across steps; fp16 goes through the GradScaler, whose state is checkpointed.
+  * A cell torch cannot run in a precision here is refused with one line, before training.
+  * A bad step is skipped on the device: fused AdamW's found_inf leaves weights, moments and
+    the step count bit for bit, with no host read in between.
+  * Reading the guard's records back every k steps (what a GPU does) trains exactly like
+    reading them every step (what the CPU does), bad steps included; rollbacks still happen.
+  * --compile trains and saves weights under their plain names.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from charlm.errors import CharlmError
+from charlm.faults import FaultPlan
+from charlm.hardware import check_precision_runs
+from test_crash_resume import environment, write_corpus
+from test_training import make_corpus, metrics, new_trainer, of_kind, same_weights, word_text
+
+CPU = torch.device("cpu")
+
+
+def runs_here(cell: str, precision: str) -> bool:
+    try:
+        check_precision_runs(cell, CPU, precision)
+    except CharlmError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "cell, precision",
+    [("lstm", "bf16"), ("gru", "bf16"), ("rnn-tanh", "fp16"), ("gru", "fp16"), ("lstm", "fp16")],
+)
+def test_mixed_precision_trains_and_keeps_fp32_state(tmp_path, cell, precision):
+    if not runs_here(cell, precision):
+        pytest.skip(f"torch {torch.__version__} cannot run a {cell} cell in {precision} on this CPU (refusal tested below)")
+    corpus = make_corpus(tmp_path, word_text(6000))
+    events: list = []
+    trainer = new_trainer(tmp_path / "run", corpus, model=dict(cell=cell, layers=2), precision=precision,
+                          train=dict(max_steps=40, log_every=10, lr=1e-2), events=events)  # fmt: skip
+    trainer.run()
+    state = trainer.state if isinstance(trainer.state, tuple) else (trainer.state,)
+    assert all(s.dtype == torch.float32 for s in state), [s.dtype for s in state]
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    moments = [v for st in trainer.optimizer.state.values() for k, v in st.items() if k.startswith("exp_avg")]
+    assert moments and all(m.dtype == torch.float32 for m in moments)
+    losses = [e["loss"] for e in of_kind(events, "train")]
+    assert all(loss == loss for loss in losses) and losses[-1] < losses[0] - 0.15, losses
+    saved = trainer.run_dir.load_trainer_state()
+    assert (saved["scaler"] is not None) == (precision == "fp16")  # the GradScaler's scale is part of a resume
+    assert of_kind(events, "start")[0]["precision"] == precision
+
+
+def test_a_precision_torch_cannot_run_here_is_refused_in_one_line(tmp_path):
+    refused = [(c, p) for c in ("lstm", "gru", "rnn-tanh") for p in ("fp16", "bf16") if not runs_here(c, p)]
+    if not refused:
+        pytest.skip("torch runs every cell in fp16 and bf16 on this CPU: nothing to refuse")
+    cell, precision = refused[0]
+    corpus = write_corpus(tmp_path / "c.txt", chars=5000)
+    done = subprocess.run(
+        [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--out", str(tmp_path / "run"), "--device", "cpu",
+         "--cell", cell, "--precision", precision, "--max-steps", "2", "--sample-length", "0"],
+        env=environment(tmp_path / "data"), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"torch cannot run a {cell} cell in {precision} on this CPU; use --precision" in done.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_bad_step_is_skipped_on_the_device_without_touching_weights_or_moments(tmp_path):
+    corpus = make_corpus(tmp_path, word_text(3000))
+    trainer = new_trainer(tmp_path / "run", corpus, train=dict(max_steps=3), faults=FaultPlan("nan-loss@3"))
+    assert trainer._fused, "this torch has fused AdamW on the CPU: the device-side skip is what runs on a GPU"
+    trainer.run()  # steps 1 and 2 good; step 3 bad
+    assert trainer.skipped_steps == 1
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    moments = {id(p): {k: v.clone() for k, v in s.items()} for p, s in trainer.optimizer.state.items()}
+
+    trainer.faults = FaultPlan("nan-loss@4")
+    x, y = trainer.batcher.batch(trainer.epoch, trainer.window)
+    trainer._train_step(x, y)  # step 4, bad: judged and skipped on the device
+    (record,) = trainer.guard.read(trainer._pending)
+    assert record.bad
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    for p, s in trainer.optimizer.state.items():
+        assert all(torch.equal(moments[id(p)][k], v) for k, v in s.items())  # moments and step count
+
+    trainer._pending = []
+    x, y = trainer.batcher.batch(trainer.epoch, trainer.window)
+    trainer._train_step(x, y)  # step 4 again, good this time: the update happens
+    assert not trainer.guard.read(trainer._pending)[0].bad
+    assert not all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def _train_with(tmp_path, name, corpus, check_every, faults, **train):
+    events: list = []
+    trainer = new_trainer(tmp_path / name, corpus, model=dict(dropout=0.1), events=events,
+                          train=dict(max_steps=60, log_every=5, eval_every=20, checkpoint_every=10, **train),
+                          faults=FaultPlan(faults), check_every=check_every)  # fmt: skip
+    trainer.run()
+    return trainer, metrics(tmp_path / name)
+
+
+def _without_timing(events: list[dict]) -> list[dict]:
+    drop = {"time", "tokens_per_s", "elapsed", "progress"}
+    return [{k: v for k, v in e.items() if k not in drop} for e in events]
+
+
+def test_reading_records_back_every_k_steps_trains_exactly_like_every_step(tmp_path):
+    corpus = make_corpus(tmp_path, word_text(6000))
+    every, batched = (_train_with(tmp_path, name, corpus, k, "nan-loss@12,nan-loss@33") for name, k in (("one", 1), ("k", 7)))
+    assert same_weights(every[0].model, batched[0].model)
+    assert every[0].skipped_steps == batched[0].skipped_steps == 2
+    assert _without_timing(every[1]) == _without_timing(batched[1])
+    assert [e["step"] for e in of_kind(batched[1], "bad_step")] == [12, 33]
+
+
+def test_a_rollback_still_happens_when_records_are_read_back_late(tmp_path):
+    corpus = make_corpus(tmp_path, word_text(6000))
+    trainer, events = _train_with(tmp_path, "late", corpus, 9, "nan-weights@25", skip_limit=3)
+    rollbacks = of_kind(events, "rollback")
+    assert len(rollbacks) == 1 and rollbacks[0]["to_step"] == 20
+    assert of_kind(events, "end")[0]["step"] == 60
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_compile_trains_and_saves_plain_weight_names(tmp_path):
+    corpus = write_corpus(tmp_path / "c.txt", chars=8000)
+    common = [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--hidden", "32", "--embed", "16",
+              "--batch-size", "4", "--seq-len", "16", "--threads", "1", "--precision", "fp32", "--dropout", "0",
+              "--max-steps", "10", "--log-every", "10", "--sample-length", "20", "--device", "cpu"]  # fmt: skip
+    env = environment(tmp_path / "data")
+    eager = subprocess.run(common + ["--out", str(tmp_path / "eager")], env=env, capture_output=True, text=True, timeout=300)
+    assert eager.returncode == 0, eager.stderr
+    compiled = subprocess.run(common + ["--out", str(tmp_path / "compiled"), "--compile"], env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr
+    assert "compiled);" in compiled.stderr
+    start = of_kind(metrics(tmp_path / "compiled"), "start")[0]
+    assert start["compile"] is True
+    # the same training, up to the float rounding of generated kernels
+    loss = lambda run: of_kind(metrics(tmp_path / run), "train")[0]["loss"]  # noqa: E731
+    assert abs(loss("compiled") - loss("eager")) < 1e-3
+    from charlm.checkpoint import LAST, RunDirectory
+
+    model, _ = RunDirectory(tmp_path / "compiled").load_model(LAST)  # plain names: strict load works
+    assert not any("_orig_mod" in name or "module." in name for name in model.state_dict())

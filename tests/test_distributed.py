@@ -1,0 +1,287 @@
+"""Distributed training with real torchrun: two CPU processes, gloo, DistributedDataParallel.
+
+Every run here is a real `torchrun --standalone --nproc_per_node=2 -m charlm train`
+(python -m torch.distributed.run, which is what the torchrun script calls), next to real
+single-process runs of `charlm train` with the same options:
+
+  * with the same global batch and seed (and no dropout, whose masks are drawn per process),
+    two processes give the loss curve of one process within LOSS_TOLERANCE nats at every
+    logged step and every evaluation;
+  * the two replicas hold the same weights, bit for bit, at every checkpoint: each process
+    reports a digest of its weights, and rank 0's is that of the file it wrote;
+  * one writer: every event once in metrics.jsonl, one start line on the terminal;
+  * a distributed run killed with SIGKILL and resumed under torchrun ends bit-identical to
+    an uninterrupted distributed run (dropout on, so each process's RNG must come back);
+  * a checkpoint written by two processes resumes in one, and Ctrl-C under torchrun saves.
+
+Everything runs on one CPU thread per process, fp32, where training is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlm.checkpoint import LAST, METRICS_FILE, RunDirectory
+from charlm.trainer import weights_digest
+from test_crash_resume import environment, weights, write_corpus
+
+# DDP averages two half-batch gradients where one process takes the mean over the whole
+# batch: the same number up to float rounding, which training then carries along. Measured
+# differences over these 60 steps are below 1e-5 nats; the bound leaves room for other CPUs.
+LOSS_TOLERANCE = 2e-3
+STEPS = 60
+OPTIONS = [
+    "--hidden", "32", "--layers", "2", "--embed", "16",
+    "--batch-size", "8", "--seq-len", "16", "--threads", "1", "--precision", "fp32",
+    "--max-steps", str(STEPS), "--log-every", "5", "--eval-every", "30", "--checkpoint-every", "10",
+    "--sample-length", "0", "--seed", "7",
+]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch build has no torch.distributed with gloo",
+)
+
+
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "charlm", *args]
+
+
+def single(*args: str) -> list[str]:
+    return [sys.executable, "-m", "charlm", *args]
+
+
+def run(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return done
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (torchrun starts its workers in sessions of their own,
+    so killing torchrun's process group would leave them running)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid] + [p for child in children for p in process_tree(int(child))]
+
+
+def kill_all(pid: int) -> None:
+    """SIGKILL a process and everything it started, workers first: a machine going down."""
+    for target in reversed(process_tree(pid)):
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()]
+
+
+def of_kind(out: Path, kind: str) -> list[dict]:
+    return [e for e in events(out) if e["event"] == kind]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("distributed")
+    corpus = write_corpus(root / "corpus.txt", chars=30_000)
+    env = environment(root / "data")
+    # prepare the token cache once, so that the runs below time training only
+    done = run(single("train", "--data", str(corpus), "--out", str(root / "warm"), *OPTIONS, "--max-steps", "1"), env, root)
+    assert done.returncode == 0, done.stderr
+    return root, corpus, env
+
+
+@pytest.fixture(scope="module")
+def one_and_two(workspace) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The same run (no dropout) in one process and in two."""
+    root, corpus, env = workspace
+    common = ["train", "--data", str(corpus), *OPTIONS, "--dropout", "0"]
+    one = run(single(*common, "--out", str(root / "one")), env, root)
+    assert one.returncode == 0, one.stderr
+    two = run(torchrun(*common, "--out", str(root / "two")), env, root)
+    assert two.returncode == 0, two.stdout + two.stderr
+    return root / "one", root / "two", two
+
+
+def test_two_processes_follow_the_loss_curve_of_one(one_and_two):
+    one, two, _ = one_and_two
+    start = of_kind(two, "start")[0]
+    assert start["processes"] == 2 and of_kind(one, "start")[0]["processes"] == 1
+    assert start["tokens_per_epoch"] == of_kind(one, "start")[0]["tokens_per_epoch"]  # the same global batch
+    train_one, train_two = of_kind(one, "train"), of_kind(two, "train")
+    assert [e["step"] for e in train_two] == [e["step"] for e in train_one] == list(range(5, STEPS + 1, 5))
+    for a, b in zip(train_one, train_two):
+        assert abs(a["loss"] - b["loss"]) < LOSS_TOLERANCE, (a, b)
+        assert a["lr"] == b["lr"] and a["epoch"] == b["epoch"]
+    eval_one, eval_two = of_kind(one, "eval"), of_kind(two, "eval")
+    assert [e["step"] for e in eval_two] == [30, 60]
+    for a, b in zip(eval_one, eval_two):
+        assert a["tokens"] == b["tokens"]  # the two processes' shares add up to the whole split
+        assert abs(a["loss"] - b["loss"]) < LOSS_TOLERANCE, (a, b)
+    # the learning moved the loss far more than the processes differ
+    assert train_one[0]["loss"] - train_one[-1]["loss"] > 20 * LOSS_TOLERANCE
+    end = of_kind(two, "end")[0]
+    assert end["reason"] == "max_steps" and end["step"] == STEPS
+
+
+def test_replicas_hold_identical_weights_at_every_checkpoint(one_and_two):
+    _, two, _ = one_and_two
+    checkpoints = of_kind(two, "checkpoint")
+    assert [c["step"] for c in checkpoints] == [0, 10, 20, 30, 40, 50, 60]
+    for checkpoint in checkpoints:
+        digests = checkpoint["weights_digests"]
+        assert len(digests) == 2 and digests[0] == digests[1], checkpoint
+    model, _ = RunDirectory(two).load_model(LAST)
+    assert weights_digest(model) == checkpoints[-1]["weights_digests"][0]  # what rank 0 wrote is what both held
+
+
+def test_only_rank_zero_writes_and_talks(one_and_two):
+    one, two, done = one_and_two
+    kinds = [e["event"] for e in events(two)]
+    assert kinds.count("start") == 1 and kinds.count("end") == 1
+    steps = [e["step"] for e in of_kind(two, "train")]
+    assert steps == sorted(set(steps))  # no event written twice
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert not [p for p in two.rglob("*") if p.name.startswith(".")]  # no second writer's leftovers
+    assert done.stderr.count("model: ") == 1 and done.stderr.count("run directory: ") == 1
+    assert "2 processes (cpu, DDP)" in done.stderr and "1 CPU thread per process" in done.stderr
+    assert "error" not in done.stderr.lower()
+
+
+def test_killed_distributed_run_resumes_bit_identical(workspace):
+    root, corpus, env = workspace
+    steps = 200  # long enough to be killed in the middle
+    common = ["train", "--data", str(corpus), *OPTIONS, "--dropout", "0.2", "--checkpoint-every", "1",
+              "--max-steps", str(steps)]  # fmt: skip
+    reference = root / "reference"
+    done = run(torchrun(*common, "--out", str(reference)), env, root)
+    assert done.returncode == 0, done.stderr
+
+    killed = root / "killed"
+    process = subprocess.Popen(torchrun(*common, "--out", str(killed)), env=env, cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            metrics = killed / METRICS_FILE
+            if metrics.exists() and '"event": "checkpoint", "step": 40' in metrics.read_text(encoding="utf-8"):
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the run ended before it could be killed"
+    finally:
+        kill_all(process.pid)
+        process.wait()
+    time.sleep(0.5)  # let the kernel finish off the workers before their files are read
+    saved = RunDirectory(killed).load_trainer_state()
+    assert 40 <= saved["step"] < steps and len(saved["rng_ranks"]) == 2
+    assert saved["carried_state"][0].shape[1] == 8  # all B lanes, gathered from both processes
+
+    resumed = run(torchrun("train", "--out", str(killed), "--resume"), env, root)
+    assert resumed.returncode == 0, resumed.stderr
+    for which in ("last", "best"):
+        mine, theirs = weights(killed, which), weights(reference, which)
+        for name in mine:
+            assert torch.equal(mine[name], theirs[name]), f"{which}/{name} differs from the uninterrupted run"
+    fields = ("step", "loss", "lr", "grad_norm")
+    progress = [tuple(e[f] for f in fields) for e in of_kind(killed, "train")]
+    assert progress == [tuple(e[f] for f in fields) for e in of_kind(reference, "train")]
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(workspace, one_and_two):
+    root, _, env = workspace
+    _, two, _ = one_and_two
+    copy = root / "two-then-one"
+    subprocess.run(["cp", "-r", str(two), str(copy)], check=True)
+    done = run(single("train", "--out", str(copy), "--resume", "--max-steps", str(STEPS + 20)), env, root)
+    assert done.returncode == 0, done.stderr
+    resume = of_kind(copy, "resume")[0]
+    assert resume["step"] == STEPS
+    end = of_kind(copy, "end")[-1]
+    assert end["step"] == STEPS + 20 and end["last_val_loss"] < of_kind(two, "end")[0]["last_val_loss"] + 0.05
+
+
+def test_ctrl_c_under_torchrun_checkpoints_and_resumes(workspace):
+    root, corpus, env = workspace
+    out = root / "interrupted"
+    command = torchrun("train", "--data", str(corpus), *OPTIONS, "--max-steps", "100000", "--out", str(out))
+    process = subprocess.Popen(command, env=env, cwd=root, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / METRICS_FILE).exists() and len(of_kind(out, "train")) >= 4:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)  # Ctrl-C reaches torchrun, which passes it on to the workers
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            kill_all(process.pid)
+    last = events(out)[-1]
+    assert last["event"] == "end" and last["reason"] == "interrupted", stderr
+    assert "checkpoint saved; continue with:" in stderr
+    saved = RunDirectory(out).load_trainer_state()
+    assert saved["step"] == last["step"] > 0
+    resumed = run(torchrun("train", "--out", str(out), "--resume", "--max-steps", str(last["step"] + 10)), env, root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert of_kind(out, "end")[-1]["step"] == last["step"] + 10
+
+
+# ----- the shares, without torchrun ---------------------------------------------------------
+
+
+def test_lane_shares_of_the_processes_make_up_the_single_process_batch():
+    import numpy as np
+
+    from charlm.batching import LaneBatcher
+    from charlm.distributed import World, lane_range
+
+    tokens = np.arange(5000, dtype=np.uint16)
+    whole = LaneBatcher(tokens, 12, 16, seed=3)
+    for size in (2, 3, 4):
+        shares = [LaneBatcher(tokens, 12, 16, seed=3, lanes=lane_range(World(rank=r, size=size), 12)) for r in range(size)]
+        for epoch, window in ((0, 0), (0, 5), (1, 2)):
+            x, y = whole.batch(epoch, window)
+            parts = [share.batch(epoch, window) for share in shares]
+            assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+
+
+def test_validation_shares_add_up_to_the_whole_score():
+    import numpy as np
+
+    from charlm.config import ModelConfig
+    from charlm.evaluate import score_tokens
+    from charlm.model import RNNLM
+
+    torch.manual_seed(0)
+    model = RNNLM(ModelConfig(vocab_size=30, cell="gru", layers=1, hidden=16, embed=8, dropout=0.0))
+    tokens = np.random.default_rng(0).integers(0, 30, size=10_537).astype(np.uint16)  # a tail after the lanes
+    whole = score_tokens(model, tokens, 0, lanes=7, window=64)
+    for count in (2, 3, 8):  # 8 parts of 7 lanes: one part scores nothing
+        parts = [score_tokens(model, tokens, 0, lanes=7, window=64, part=(i, count)) for i in range(count)]
+        assert sum(p.tokens for p in parts) == whole.tokens == len(tokens)
+        assert sum(p.nll for p in parts) == pytest.approx(whole.nll, rel=1e-6)
+
+
+def test_a_batch_that_does_not_divide_among_the_processes_is_refused_in_one_line(workspace):
+    root, corpus, env = workspace
+    done = run(torchrun("train", "--data", str(corpus), *OPTIONS, "--batch-size", "7", "--out", str(root / "odd")), env, root)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "error:" in line and "charlm" in line]
+    assert errors == [
+        "charlm: error: --batch-size 7 does not divide evenly among the 2 processes torchrun started; "
+        "give a multiple of 2 (it is the global batch, shared out among them)"
+    ], done.stderr
+    assert not (root / "odd").exists()

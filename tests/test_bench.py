@@ -78,3 +78,13 @@ def test_profile_train_attributes_the_step_time(tmp_path):
     result = run_bench("profile_train", tmp_path, "--threads", "1", "--warmup", "1", "--steps", "2")
     assert sum(result["groups"].values()) == pytest.approx(1.0, abs=1e-3)
     assert result["top"] and result["top"][0]["self_ms"] > 0
+
+
+def test_distributed_throughput_compares_torchrun_processes_with_one(tmp_path):
+    result = run_bench("distributed_throughput", tmp_path, "--threads", "2", "--processes", "2", "--hidden", "16",
+                       "--batch", "4", "--seq-len", "8", "--steps", "30", "--rounds", "1")
+    rows = result["rows"]
+    assert [(r["processes"], r["threads_per_process"]) for r in rows] == [(1, 2), (2, 1)]
+    assert rows[0]["ratio_to_one_process"] == 1.0
+    assert rows[1]["ratio_to_one_process"] == pytest.approx(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"], rel=1e-2)
+    assert "distributed_throughput.py" in result["command"]

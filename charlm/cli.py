@@ -42,7 +42,7 @@ from .config import (
 from .console import Console, TrainReporter, print_line_scores, print_score
 from .corpora import DEFAULT_CORPUS, resolve_default_corpus
 from .corpus import TextSource, newline_chunks, prepare_corpus, resolve_source
-from .errors import CharlmError
+from .errors import CharlmError, first_line
 from .evaluate import DEFAULT_LANES, DEFAULT_WINDOW, Scorer
 from .faults import ENV_VAR as FAULTS_ENV_VAR
 from .faults import FaultPlan
@@ -300,7 +300,19 @@ def train(ctx: click.Context, **options: Any) -> None:
     Under torchrun (torchrun --nproc_per_node=N -m charlm train ...) the N processes train
     one model with DistributedDataParallel, sharing the --batch-size lanes."""
     world = distributed.start()  # a no-op unless torchrun started this process
-    status = _train(ctx, world, Console(rank=world.rank if world.distributed else None), options)
+    where: dict[str, Path] = {}
+    try:
+        status = _train(ctx, world, Console(rank=world.rank if world.distributed else None), options, where)
+    except Exception as exc:
+        if not (world.distributed and distributed.is_lost_peer(exc)):
+            raise
+        if not world.is_main:
+            sys.exit(EXIT_ERROR)  # rank 0 is gone, having said why, or it says so now
+        then = f"; the last checkpoint is intact, continue with: {_resume_hint(world, where['run'])}" if "run" in where else ""
+        raise CharlmError(
+            f"lost contact with the other processes of this torchrun job ({first_line(exc)}); one of them stopped "
+            f"first, and its own message, if it left one, is above{then}"
+        ) from None
     # after an error, the process just exits (torchrun stops the others); a clean end waits
     # for every process before the group is taken down, or gloo may abort one of them
     distributed.stop(world)
@@ -370,8 +382,10 @@ def _plan_run(ctx: click.Context, options: dict[str, Any], model_options: dict[s
             "resume": resume, "overwrite": overwrite, "main_source": main_source}
 
 
-def _train(ctx: click.Context, world: distributed.World, console: Console, options: dict[str, Any]) -> int:
-    """Returns the exit status; raises on errors."""
+def _train(
+    ctx: click.Context, world: distributed.World, console: Console, options: dict[str, Any], where: dict[str, Path]
+) -> int:
+    """Returns the exit status; raises on errors. Records the run directory in `where`."""
     model_options = {name: options.pop(name) for name in ("cell", "layers", "hidden", "embed", "dropout", "tie_weights")}
     plan = distributed.broadcast(world, _plan_run(ctx, options, model_options) if world.is_main else None)
     train_config: TrainConfig = plan["train"]
@@ -437,6 +451,7 @@ def _train(ctx: click.Context, world: distributed.World, console: Console, optio
                           tokenizer_fingerprint=tokenizer_fingerprint(corpus.tokenizer), charlm_version=__version__),
             )
     run_dir = RunDirectory(distributed.broadcast(world, str(run_dir.path) if world.is_main else None))
+    where["run"] = run_dir.path
     console.info(f"run directory: {run_dir.path}")
 
     faults = FaultPlan(os.environ.get(FAULTS_ENV_VAR))
@@ -460,7 +475,7 @@ def _train(ctx: click.Context, world: distributed.World, console: Console, optio
         trainer.close()
 
     if result.reason == "interrupted":
-        console.info(f"checkpoint saved; continue with: {_resume_hint(world, run_dir)}")
+        console.info(f"checkpoint saved; continue with: {_resume_hint(world, run_dir.path)}")
         return EXIT_INTERRUPTED
     if train_config.sample_length > 0 and world.is_main:
         model, which = run_dir.load_model("auto", device=device)
@@ -472,8 +487,8 @@ def _train(ctx: click.Context, world: distributed.World, console: Console, optio
     return 0
 
 
-def _resume_hint(world: distributed.World, run_dir: RunDirectory) -> str:
-    command = f"charlm train --out {run_dir.path} --resume"
+def _resume_hint(world: distributed.World, run: Path) -> str:
+    command = f"charlm train --out {run} --resume"
     if world.distributed:
         return f"torchrun ... -m {command} (any number of processes)"
     return command

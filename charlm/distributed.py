@@ -119,6 +119,16 @@ def stop(world: World) -> None:
         dist.destroy_process_group()
 
 
+def is_lost_peer(exc: BaseException) -> bool:
+    """An error from a collective whose other side went away (a process that died or was killed)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        mark in text for mark in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer")
+    )
+
+
 def sum_(world: World, tensor: torch.Tensor) -> torch.Tensor:
     """Add `tensor` over all processes, in place, on its own device (no host sync on CUDA)."""
     if world.distributed:

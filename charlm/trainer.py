@@ -52,10 +52,10 @@ from .batching import LaneBatcher
 from .checkpoint import BEST, LAST, METRICS_FILE, STATE_FILE, RunDirectory
 from .config import ModelConfig, TrainConfig
 from .corpus import PreparedCorpus
+from .distributed import SINGLE, World
 from .errors import CharlmError, first_line
 from .evaluate import DEFAULT_WINDOW, score_tokens
 from .faults import FaultPlan, OutOfMemory
-from .distributed import SINGLE, World
 from .guard import DivergenceGuard, StepRecord
 from .hardware import autocast
 from .model import RNNLM, detach_state, state_from_tensors, state_tensors
@@ -139,7 +139,8 @@ class Trainer:
         # initial weights: the same on every process (DDP checks it); dropout masks differ by rank
         torch.manual_seed(config.seed)
         self.model = RNNLM(model_config).to(device)
-        torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
+        if world.rank:
+            torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
         self.optimizer = build_optimizer(self.model, config)
         self._fused = bool(self.optimizer.defaults.get("fused"))
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
@@ -270,7 +271,10 @@ class Trainer:
         if carried:
             first, last = self.lanes
             if carried[0].shape[1] != self.config.batch_size:
-                raise CharlmError(f"{where} holds a carried state for {carried[0].shape[1]} lanes, not {self.config.batch_size}; the checkpoint is damaged")
+                raise CharlmError(
+                    f"{where} holds a carried state for {carried[0].shape[1]} lanes, not {self.config.batch_size}; "
+                    "the checkpoint is damaged: start a new run with --overwrite"
+                )
             mine = [t[:, first:last].contiguous().to(self.device) for t in carried]  # this process's lanes
             self.state = state_from_tensors(mine, self.model.config.cell)
         else:

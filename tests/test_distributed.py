@@ -185,7 +185,8 @@ def test_killed_distributed_run_resumes_bit_identical(workspace):
         process.wait()
     time.sleep(0.5)  # let the kernel finish off the workers before their files are read
     saved = RunDirectory(killed).load_trainer_state()
-    assert 40 <= saved["step"] < steps and len(saved["rng_ranks"]) == 2
+    # (the kill may land between the step-40 event and its files: then step 39 is the last)
+    assert 30 <= saved["step"] < steps and len(saved["rng_ranks"]) == 2
     assert saved["carried_state"][0].shape[1] == 8  # all B lanes, gathered from both processes
 
     resumed = run(torchrun("train", "--out", str(killed), "--resume"), env, root)
@@ -285,3 +286,33 @@ def test_a_batch_that_does_not_divide_among_the_processes_is_refused_in_one_line
         "give a multiple of 2 (it is the global batch, shared out among them)"
     ], done.stderr
     assert not (root / "odd").exists()
+
+
+def test_when_a_process_dies_the_others_say_so_in_one_line_and_the_run_resumes(workspace):
+    root, corpus, env = workspace
+    out = root / "lost"
+    command = torchrun("train", "--data", str(corpus), *OPTIONS, "--max-steps", "100000", "--out", str(out))
+    process = subprocess.Popen(command, env=env, cwd=root, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / METRICS_FILE).exists() and len(of_kind(out, "checkpoint")) >= 3:
+                break
+            time.sleep(0.05)
+        workers = process_tree(process.pid)[1:]
+        assert len(workers) == 2, workers
+        rank_one = [w for w in workers if b"\0RANK=1\0" in b"\0" + Path(f"/proc/{w}/environ").read_bytes()]
+        os.kill(rank_one[0], signal.SIGKILL)  # one worker dies (the OOM killer, a lost machine)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            kill_all(process.pid)
+    assert process.returncode != 0
+    lost = [line for line in stderr.splitlines() if "error: lost contact with the other processes" in line]
+    assert len(lost) == 1 and lost[0].startswith("charlm: error: lost contact"), stderr  # rank 0 says it
+    assert "the last checkpoint is intact, continue with: torchrun" in lost[0]
+    assert "[rank0]: Traceback" not in stderr and "[rank1]: Traceback" not in stderr
+    step = RunDirectory(out).load_trainer_state()["step"]
+    resumed = run(torchrun("train", "--out", str(out), "--resume", "--max-steps", str(step + 10)), env, root)
+    assert resumed.returncode == 0, resumed.stderr

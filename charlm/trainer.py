@@ -648,7 +648,7 @@ class Trainer:
             fresh = distributed.broadcast(self.world, not self.run_dir.has_checkpoint() if self.world.is_main else None)
             if fresh:
                 self.save()  # something to roll back to, and to resume after an early crash
-        step_time = 0.0
+        step_time, timed_steps = 0.0, 0  # since the last train event, in this session
         clock = time.perf_counter()
         last_was_eval = False
 
@@ -665,7 +665,7 @@ class Trainer:
             reason = self.stop_reason()
             if reason:
                 if self._pending and self._read_back():
-                    step_time = 0.0
+                    step_time, timed_steps = 0.0, 0
                     tick()
                     continue  # rolled back: the steps since the checkpoint are to be done again
                 break
@@ -690,6 +690,7 @@ class Trainer:
             self.window += 1
             self.tokens_seen += B * T
             step_time += tick()
+            timed_steps += 1
             last_was_eval = False
 
             log_due = self.step % config.log_every == 0
@@ -698,7 +699,7 @@ class Trainer:
             if not (log_due or eval_due or save_due or len(self._pending) >= self.check_every):
                 continue
             if self._read_back():
-                step_time = 0.0
+                step_time, timed_steps = 0.0, 0
                 tick()
                 continue  # rolled back: the position and the log are the checkpoint's
 
@@ -711,7 +712,8 @@ class Trainer:
                     "loss": self._log["loss_sum"] / good if good else None,
                     "lr": lr,
                     "grad_norm": _finite_or_text(self._last_grad_norm),
-                    "tokens_per_s": round((good + skipped) * B * T / max(step_time, 1e-9), 1),
+                    # steps timed in this session only: a resumed run's first interval began before it
+                    "tokens_per_s": round(timed_steps * B * T / max(step_time, 1e-9), 1),
                     "elapsed": round(self.elapsed, 3),
                     "progress": round(self.progress(), 5),
                 }
@@ -719,7 +721,7 @@ class Trainer:
                     event["skipped"] = skipped
                 self._emit(event)
                 self._log = {"loss_sum": 0.0, "good": 0, "skipped": 0}
-                step_time = 0.0
+                step_time, timed_steps = 0.0, 0
             try:
                 if self._streak:
                     # weights that just failed are not checkpointed; the next good step makes up for it

@@ -603,3 +603,19 @@ def test_on_divergence_stop_gives_up_at_the_first_bad_step(tmp_path):
     assert len(bad) == 1 and bad[0]["action"] == "stop"
     assert trainer.step == bad[0]["step"] < 50
     assert not of_kind(events, "rollback")
+
+
+def test_tokens_per_second_after_a_resume_counts_only_the_steps_this_session_timed(tmp_path, monkeypatch):
+    """The log accumulators come back from the checkpoint (steps 11-15 of the interval to 20),
+    but the clock of those steps does not: the first rate after a resume must not count them."""
+    import charlm.trainer as trainer_module
+
+    clock = iter(float(i) for i in range(10**6))  # every reading of the clock is one second later
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
+    corpus = make_corpus(tmp_path, word_text(3000))
+    events: list = []
+    new_trainer(tmp_path / "run", corpus, train=dict(max_steps=15, log_every=10), events=events).run()
+    resumed_trainer(tmp_path / "run", corpus, events=events, max_steps=30).run()
+    B, T = TRAIN_DEFAULTS["batch_size"], TRAIN_DEFAULTS["seq_len"]
+    rates = [(e["step"], e["tokens_per_s"]) for e in of_kind(events, "train")]
+    assert rates == [(10, B * T), (20, B * T), (30, B * T)]  # one step a second, every interval

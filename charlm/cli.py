@@ -116,6 +116,16 @@ def _torchrun_rank() -> Optional[int]:
     return rank if size > 1 else None
 
 
+def _one_process_only(command: str) -> None:
+    """Under torchrun, refuse a command that is not distributed: once, from rank 0."""
+    rank = _torchrun_rank()
+    if rank is None:
+        return
+    if rank:
+        sys.exit(EXIT_ERROR)
+    raise CharlmError(f"charlm {command} runs in one process; start it without torchrun (only train is distributed)")
+
+
 @click.group(cls=CharlmGroup, context_settings=GROUP_CONTEXT, no_args_is_help=True)
 @click.version_option(__version__, "-V", "--version", prog_name="charlm")
 def cli() -> None:
@@ -600,6 +610,7 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
              top_k: Optional[int], top_p: Optional[float], num_samples: int, seed: Optional[int], stop: tuple[str, ...],
              as_json: bool, checkpoint: str, device: str, threads: Optional[int]) -> None:
     """Generate text from a trained run. Text streams to stdout; notices go to stderr."""
+    _one_process_only("generate")
     console = Console()
     if prompt_file is not None:
         if prompt:
@@ -679,6 +690,7 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
                lanes: Optional[int], window: int, precision: str, encoding_errors: str, checkpoint: str, device: str,
                threads: Optional[int]) -> None:
     """Score text with a trained run: nats/token, perplexity, bits per char and per byte."""
+    _one_process_only("perplexity")
     console = Console()
     if threads is not None and threads < 1:
         raise CharlmError(f"--threads must be at least 1 (got {threads})")

@@ -316,3 +316,14 @@ def test_when_a_process_dies_the_others_say_so_in_one_line_and_the_run_resumes(w
     step = RunDirectory(out).load_trainer_state()["step"]
     resumed = run(torchrun("train", "--out", str(out), "--resume", "--max-steps", str(step + 10)), env, root)
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "perplexity"])
+def test_generate_and_perplexity_under_torchrun_say_they_run_in_one_process(workspace, one_and_two, command):
+    root, _, env = workspace
+    _, two, _ = one_and_two
+    done = run(torchrun(command, str(two)), env, root)
+    assert done.returncode != 0 and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if "error:" in line and "charlm" in line]
+    assert errors == [f"charlm: error: charlm {command} runs in one process; start it without torchrun "
+                      "(only train is distributed)"], done.stderr  # fmt: skip

@@ -274,7 +274,8 @@ def _naming_environment(ctx: click.Context):
 @click.option("--weight-decay", type=float, default=_T.weight_decay, help="AdamW weight decay on weight matrices.")
 @click.option("--grad-clip", type=float, default=_T.grad_clip, help="Clip the gradient norm to this (0: off).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision,
-              help="auto: bf16 where the hardware has it (CUDA, or a CPU with AVX512-BF16/AMX), else fp32.")
+              help="auto: bf16 where the hardware has it (CUDA from Ampere on, or a CPU with AVX512-BF16/AMX), "
+                   "else fp16 with a GradScaler on a GPU and fp32 on a CPU.")
 @click.option("--device", type=click.Choice(DEVICES), default=_T.device, help="auto picks CUDA when present.")
 @click.option("--threads", type=int,
               help="CPU threads per process. Default: one per available core, shared among the processes "

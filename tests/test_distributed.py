@@ -327,3 +327,23 @@ def test_generate_and_perplexity_under_torchrun_say_they_run_in_one_process(work
     errors = [line for line in done.stderr.splitlines() if "error:" in line and "charlm" in line]
     assert errors == [f"charlm: error: charlm {command} runs in one process; start it without torchrun "
                       "(only train is distributed)"], done.stderr  # fmt: skip
+
+
+def test_nan_weights_under_torchrun_roll_every_process_back_together(workspace):
+    """Both processes read their records back late (every --log-every steps), find the same
+    bad streak, and roll back to rank 0's checkpoint, which rank 0 reads and sends."""
+    root, corpus, env = workspace
+    out = root / "rollback"
+    faults = environment(root / "data", CHARLM_FAULTS="nan-weights@25")
+    done = run(torchrun("train", "--data", str(corpus), *OPTIONS, "--dropout", "0", "--skip-limit", "3", "--out", str(out)),
+               faults, root)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rollbacks = of_kind(out, "rollback")
+    assert len(rollbacks) == 1 and rollbacks[0]["to_step"] == 20 and rollbacks[0]["lr_scale"] == 0.5
+    assert [e["step"] for e in of_kind(out, "bad_step")][:3] == [25, 26, 27]
+    end = of_kind(out, "end")[0]
+    assert end["step"] == STEPS and end["rollbacks"] == 1
+    for checkpoint in of_kind(out, "checkpoint"):
+        assert len(set(checkpoint["weights_digests"])) == 1, checkpoint
+    model, _ = RunDirectory(out).load_model(LAST)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

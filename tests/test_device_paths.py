@@ -154,3 +154,26 @@ def test_compile_trains_and_saves_plain_weight_names(tmp_path):
 
     model, _ = RunDirectory(tmp_path / "compiled").load_model(LAST)  # plain names: strict load works
     assert not any("_orig_mod" in name or "module." in name for name in model.state_dict())
+
+
+def test_a_checkpoint_holding_a_gpu_rng_state_resumes_exactly_on_the_cpu(tmp_path):
+    """A run checkpointed on a GPU carries its CUDA generator's state; on a CPU that state is
+    ignored and everything else resumes as usual, bit for bit."""
+    from charlm.checkpoint import LAST, STATE_FILE
+    from test_training import resumed_trainer
+
+    corpus = make_corpus(tmp_path, word_text(3000))
+    train = dict(max_steps=20, log_every=5, min_lr_ratio=1.0, warmup_steps=1)
+    model = dict(dropout=0.2)
+    reference = new_trainer(tmp_path / "reference", corpus, model=model, train=train)
+    reference.run()
+
+    new_trainer(tmp_path / "gpu", corpus, model=model, train={**train, "max_steps": 10}).run()
+    state_path = tmp_path / "gpu" / LAST / STATE_FILE
+    saved = torch.load(state_path, weights_only=True)
+    assert saved["rng"]["cuda"] is None  # written on the CPU; make it look like a GPU's
+    saved["rng"]["cuda"] = [torch.randint(0, 255, (16,), dtype=torch.uint8)]
+    torch.save(saved, state_path)
+    resumed = resumed_trainer(tmp_path / "gpu", corpus, max_steps=20)
+    resumed.run()
+    assert same_weights(resumed.model, reference.model)

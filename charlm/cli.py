@@ -378,12 +378,7 @@ def _plan_run(ctx: click.Context, options: dict[str, Any], model_options: dict[s
         if out is not None:  # fail before a long corpus preparation
             RunDirectory(out).check(overwrite=overwrite)
         check_out_writable(out if out is not None else Path("runs"))
-    processes = distributed.launched_world()[2]
-    if train_config.batch_size % processes:
-        raise CharlmError(
-            f"--batch-size {train_config.batch_size} does not divide evenly among the {processes} processes torchrun "
-            f"started; give a multiple of {processes} (it is the global batch, shared out among them)"
-        )
+    distributed.check_lane_share(train_config.batch_size, distributed.launched_world()[2])
     main_source = None
     if not resume and not _given(ctx, "data"):
         label, files, notes = resolve_default_corpus()
@@ -414,24 +409,24 @@ def _train(
 
     # rank 0 prepares the corpus first; the others then find it in the cache (when the
     # machines share a file system) or prepare their own, which must come out the same
-    corpus = None
-    for turn in ("main", "others"):
-        if (turn == "main") == world.is_main:
-            started = time.perf_counter()
-            corpus = prepare_corpus(
-                train_config.data,
-                val_data=train_config.val_data,
-                test_data=train_config.test_data,
-                val_fraction=train_config.val_fraction,
-                test_fraction=train_config.test_fraction,
-                tokenizer=train_config.tokenizer,
-                vocab_size=train_config.vocab_size,
-                spm_model_type=train_config.spm_model_type,
-                encoding_errors=train_config.encoding_errors,
-                threads=threads,
-                main_source=plan["main_source"],
-                on_stage=console.note,
-            )
+    if not world.is_main:
+        distributed.barrier(world)
+    started = time.perf_counter()
+    corpus = prepare_corpus(
+        train_config.data,
+        val_data=train_config.val_data,
+        test_data=train_config.test_data,
+        val_fraction=train_config.val_fraction,
+        test_fraction=train_config.test_fraction,
+        tokenizer=train_config.tokenizer,
+        vocab_size=train_config.vocab_size,
+        spm_model_type=train_config.spm_model_type,
+        encoding_errors=train_config.encoding_errors,
+        threads=threads,
+        main_source=plan["main_source"],
+        on_stage=console.note,
+    )
+    if world.is_main:
         distributed.barrier(world)
     for note in corpus.notes:
         console.warn(note)

@@ -168,6 +168,15 @@ def barrier(world: World) -> None:
         dist.barrier(group=world.control)
 
 
+def check_lane_share(batch_size: int, processes: int) -> None:
+    """The global batch must share out evenly: every process runs the same (b, T) step."""
+    if batch_size % processes:
+        raise CharlmError(
+            f"--batch-size {batch_size} does not divide evenly among the {processes} processes torchrun "
+            f"started; give a multiple of {processes} (it is the global batch, shared out among them)"
+        )
+
+
 def lane_range(world: World, lanes: int) -> tuple[int, int]:
     """This process's share [start, stop) of `lanes` lanes: contiguous, in rank order, as even as possible."""
     return world.rank * lanes // world.size, (world.rank + 1) * lanes // world.size

@@ -66,7 +66,7 @@ class DivergenceGuard:
         moved = torch.where(torch.isnan(self._average), loss, EMA_BETA * self._average + (1 - EMA_BETA) * loss)
         self._average.copy_(torch.where(bad, self._average, moved))
         self._good_steps.add_((~bad).long())
-        self._bad_streak.copy_(torch.where(bad, self._bad_streak + 1, torch.zeros_like(self._bad_streak)))
+        self._bad_streak.copy_(torch.where(bad, self._bad_streak + 1, 0))
         record = torch.stack([loss, grad_norm, average_before, bad.double(), self._bad_streak.double()])
         return bad, record
 

@@ -127,11 +127,7 @@ class Trainer:
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.faults = faults or FaultPlan()
-        if config.batch_size % world.size:
-            raise CharlmError(
-                f"--batch-size {config.batch_size} does not divide evenly among {world.size} processes; "
-                f"use a multiple of {world.size}"
-            )
+        distributed.check_lane_share(config.batch_size, world.size)
         if check_every is None:
             check_every = 1 if device.type == "cpu" and not world.distributed else config.log_every
         self.check_every = max(1, check_every)
@@ -202,21 +198,21 @@ class Trainer:
             self._data_fingerprint = fingerprint(self.corpus.splits["train"])
         return self._data_fingerprint
 
-    def _gather_carried_state(self) -> Optional[list[torch.Tensor]]:
-        """The carried state of all B lanes, on the CPU: every process's share, in lane order."""
+    def _gather_for_checkpoint(self) -> tuple[Optional[list[torch.Tensor]], list[dict[str, Any]]]:
+        """(the carried state of all B lanes on the CPU, every process's RNG states), both in
+        rank order. Under torchrun every process must call this together."""
         mine = [t.cpu() for t in state_tensors(self.state)] if self.state is not None else None
         shares = distributed.gather(self.world, mine)
+        rngs = distributed.gather(self.world, rngstate.capture(self.device))
         if any(share is None for share in shares):
-            return None  # an epoch start: every process starts from zeros
-        return [torch.cat([share[i] for share in shares], dim=1) for i in range(len(shares[0]))]  # (L, B, H)
+            return None, rngs  # an epoch start: every process starts from zeros
+        return [torch.cat([share[i] for share in shares], dim=1) for i in range(len(shares[0]))], rngs  # (L, B, H)
 
-    def trainer_state(
-        self, carried: Optional[list[torch.Tensor]] = None, rng_ranks: Optional[list[dict[str, Any]]] = None
-    ) -> dict[str, Any]:
-        """Everything a resume needs. Under torchrun, `carried` holds all B lanes and
-        `rng_ranks` every process's generators (see save)."""
-        if carried is None and not self.world.distributed and self.state is not None:
-            carried = [t.cpu() for t in state_tensors(self.state)]
+    def trainer_state(self, gathered: Optional[tuple[Optional[list[torch.Tensor]], list[dict[str, Any]]]] = None
+                      ) -> dict[str, Any]:  # fmt: skip
+        """Everything a resume needs; `gathered` is _gather_for_checkpoint's result (taken
+        here when not given, which under torchrun only works called on every process)."""
+        carried, rngs = gathered if gathered is not None else self._gather_for_checkpoint()
         return {
             "format": STATE_FORMAT,
             "step": self.step,
@@ -228,8 +224,8 @@ class Trainer:
             "last_val_loss": self.last_val_loss,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": rngstate.capture(self.device),
-            "rng_ranks": rng_ranks,
+            "rng": rngs[0],
+            "rng_ranks": rngs if len(rngs) > 1 else None,
             "world_size": self.world.size,
             "carried_state": carried,
             "guard": self.guard.state_dict(),
@@ -355,11 +351,9 @@ class Trainer:
         records the file's length after it: a resume rewinds the metrics to exactly there."""
         meta = {"step": self.step, "val_loss": self.last_val_loss}
         which = [LAST, BEST] if best else [LAST]
-        carried = rng_ranks = None
         event: dict[str, Any] = {"event": "checkpoint", "step": self.step, "which": which}
-        if self.world.distributed:  # every process takes part; only rank 0 writes
-            carried = self._gather_carried_state()
-            rng_ranks = distributed.gather(self.world, rngstate.capture(self.device))
+        gathered = self._gather_for_checkpoint()  # every process takes part; only rank 0 writes
+        if self.world.distributed:
             digests = distributed.gather(self.world, weights_digest(self.model))
             if len(set(digests)) > 1:  # DDP keeps replicas equal; a checkpoint must not hide it if not
                 raise CharlmError(
@@ -376,7 +370,7 @@ class Trainer:
             self.metrics_size = self._emit(event, durable=True)
             if best:
                 self.run_dir.save_checkpoint(BEST, self.model, meta)
-            self.run_dir.save_checkpoint(LAST, self.model, meta, self.trainer_state(carried, rng_ranks))
+            self.run_dir.save_checkpoint(LAST, self.model, meta, self.trainer_state(gathered))
         except OSError as exc:
             if self.last_checkpoint_step is not None:
                 then = (
@@ -529,7 +523,7 @@ class Trainer:
         self.scaler.update()
         self._updating = False
         # a state that produced a bad step is not carried on (zeros, as at an epoch start)
-        self.state = _zero_where(bad, detach_state(state))
+        self.state = _zero_where(bad, detach_state(state))  # a scalar-select per tensor, no sync
         self._pending.append(record)
 
     def _read_back(self) -> bool:
@@ -761,8 +755,8 @@ class Trainer:
 def _zero_where(condition: torch.Tensor, state):
     """The state with every value replaced by zero where `condition` (a scalar bool tensor) holds."""
     if isinstance(state, tuple):
-        return tuple(torch.where(condition, torch.zeros_like(s), s) for s in state)
-    return torch.where(condition, torch.zeros_like(state), state)
+        return tuple(torch.where(condition, 0.0, s) for s in state)
+    return torch.where(condition, 0.0, state)
 
 
 def _finite_or_text(value: float):

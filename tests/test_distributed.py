@@ -84,6 +84,31 @@ def kill_all(pid: int) -> None:
             pass
 
 
+def started_until(command: list[str], env: dict[str, str], cwd: Path, out: Path, ready) -> subprocess.Popen:
+    """Start a long torchrun training and return once ready(events so far) holds; the
+    events are read as the run writes them, so a line still being written is left out."""
+    process = subprocess.Popen(command, env=env, cwd=cwd, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / METRICS_FILE).exists():
+            so_far = []
+            for line in (out / METRICS_FILE).read_text(encoding="utf-8").splitlines():
+                try:
+                    so_far.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+            if ready(so_far):
+                return process
+        time.sleep(0.01)
+    kill_all(process.pid)
+    raise AssertionError(f"the run ended or stalled before it was ready: {process.communicate()[1][-2000:]}")
+
+
+def count(events_so_far: list[dict], kind: str) -> int:
+    return sum(e["event"] == kind for e in events_so_far)
+
+
 def events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()]
 
@@ -170,19 +195,10 @@ def test_killed_distributed_run_resumes_bit_identical(workspace):
     assert done.returncode == 0, done.stderr
 
     killed = root / "killed"
-    process = subprocess.Popen(torchrun(*common, "--out", str(killed)), env=env, cwd=root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            metrics = killed / METRICS_FILE
-            if metrics.exists() and '"event": "checkpoint", "step": 40' in metrics.read_text(encoding="utf-8"):
-                break
-            time.sleep(0.01)
-        assert process.poll() is None, "the run ended before it could be killed"
-    finally:
-        kill_all(process.pid)
-        process.wait()
+    process = started_until(torchrun(*common, "--out", str(killed)), env, root, killed,
+                            lambda so_far: count(so_far, "checkpoint") > 40)  # fmt: skip
+    kill_all(process.pid)
+    process.communicate()
     time.sleep(0.5)  # let the kernel finish off the workers before their files are read
     saved = RunDirectory(killed).load_trainer_state()
     # (the kill may land between the step-40 event and its files: then step 39 is the last)
@@ -217,14 +233,8 @@ def test_ctrl_c_under_torchrun_checkpoints_and_resumes(workspace):
     root, corpus, env = workspace
     out = root / "interrupted"
     command = torchrun("train", "--data", str(corpus), *OPTIONS, "--max-steps", "100000", "--out", str(out))
-    process = subprocess.Popen(command, env=env, cwd=root, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    process = started_until(command, env, root, out, lambda so_far: count(so_far, "train") >= 4)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / METRICS_FILE).exists() and len(of_kind(out, "train")) >= 4:
-                break
-            time.sleep(0.05)
         process.send_signal(signal.SIGINT)  # Ctrl-C reaches torchrun, which passes it on to the workers
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -292,14 +302,8 @@ def test_when_a_process_dies_the_others_say_so_in_one_line_and_the_run_resumes(w
     root, corpus, env = workspace
     out = root / "lost"
     command = torchrun("train", "--data", str(corpus), *OPTIONS, "--max-steps", "100000", "--out", str(out))
-    process = subprocess.Popen(command, env=env, cwd=root, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    process = started_until(command, env, root, out, lambda so_far: count(so_far, "checkpoint") >= 3)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / METRICS_FILE).exists() and len(of_kind(out, "checkpoint")) >= 3:
-                break
-            time.sleep(0.05)
         workers = process_tree(process.pid)[1:]
         assert len(workers) == 2, workers
         rank_one = [w for w in workers if b"\0RANK=1\0" in b"\0" + Path(f"/proc/{w}/environ").read_bytes()]

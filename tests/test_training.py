@@ -561,15 +561,16 @@ def test_bf16_autocast_trains_with_finite_loss(tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
 
 
-def test_a_run_that_keeps_diverging_gives_up_after_its_rollbacks(tmp_path):
+def diverging_trainer(tmp_path: Path, events: list, **guard: Any) -> Trainer:
+    """A ReLU RNN at lr 1e6 without clipping: every step after the first blows up."""
     corpus = make_corpus(tmp_path, word_text(800))
+    return new_trainer(tmp_path / "run", corpus, model=dict(cell="rnn-relu", hidden=32), events=events,
+                       train=dict(lr=1e6, grad_clip=0.0, warmup_steps=0, max_steps=50, log_every=1, **guard))  # fmt: skip
+
+
+def test_a_run_that_keeps_diverging_gives_up_after_its_rollbacks(tmp_path):
     events: list[dict] = []
-    trainer = new_trainer(
-        tmp_path / "run", corpus,
-        model=dict(cell="rnn-relu", hidden=32),
-        train=dict(lr=1e6, grad_clip=0.0, warmup_steps=0, max_steps=50, log_every=1, skip_limit=3, max_rollbacks=2),
-        events=events,
-    )  # fmt: skip
+    trainer = diverging_trainer(tmp_path, events, skip_limit=3, max_rollbacks=2)
     with pytest.raises(CharlmError, match="--lr") as info:
         trainer.run()
     message = str(info.value)
@@ -589,14 +590,8 @@ def test_a_run_that_keeps_diverging_gives_up_after_its_rollbacks(tmp_path):
 
 
 def test_on_divergence_stop_gives_up_at_the_first_bad_step(tmp_path):
-    corpus = make_corpus(tmp_path, word_text(800))
     events: list[dict] = []
-    trainer = new_trainer(
-        tmp_path / "run", corpus,
-        model=dict(cell="rnn-relu", hidden=32),
-        train=dict(lr=1e6, grad_clip=0.0, warmup_steps=0, max_steps=50, log_every=1, on_divergence="stop"),
-        events=events,
-    )  # fmt: skip
+    trainer = diverging_trainer(tmp_path, events, on_divergence="stop")
     with pytest.raises(CharlmError, match="--on-divergence stop"):
         trainer.run()
     bad = of_kind(events, "bad_step")

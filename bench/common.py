@@ -39,8 +39,8 @@ def training_text(folder: Path) -> Path:
 
 def new_run(path: Path, corpus, model_config, train_config):
     """A fresh run directory ready for a Trainer."""
-    from charlm.checkpoint import RunDirectory
     from charlm.config import RunConfig
+    from charlm.runs.directory import RunDirectory
 
     run = RunDirectory(path)
     run.prepare()

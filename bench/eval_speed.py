@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import sys
 import time
-import numpy as np
-import torch
-
-from charlm.config import ModelConfig
-from charlm.evaluate import DEFAULT_WINDOW, score_tokens
-from charlm.hardware import autocast, cpu_supports_bf16
-from charlm.model import RNNLM, detach_state
 
 import common
+import numpy as np
+import torch
 from common import SHAKESPEARE as SHARED
+
+from charlm.config import ModelConfig
+from charlm.hardware import autocast, cpu_supports_bf16
+from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
+from charlm.models.rnnlm import RNNLM, detach_state
 
 
 def corpus_ids(megabytes: float) -> np.ndarray:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import sys
 import time
+
+import common
 import torch
 
 from charlm.config import ModelConfig, SampleConfig
-from charlm.generate import Generator
-from charlm.model import RNNLM
-from charlm.tokenizer import CharTokenizer
-
-import common
+from charlm.inference.generate import Generator
+from charlm.models.rnnlm import RNNLM
+from charlm.text.tokenizer import CharTokenizer
 
 ALPHABET = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65
 

@@ -15,15 +15,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import common
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from charlm.config import ModelConfig, TrainConfig
-from charlm.corpus import prepare_corpus
 from charlm.hardware import resolve_precision
-from charlm.trainer import Trainer
+from charlm.text.corpus import prepare_corpus
+from charlm.training.trainer import Trainer
 
-import common
 
 def group_of(name: str) -> str:
     lowered = name.lower()

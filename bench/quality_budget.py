@@ -25,18 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
+from common import REPO, SHAKESPEARE
 from torch import nn
 
-from charlm.corpus import prepare_corpus
-from charlm.evaluate import score_tokens
 from charlm.hardware import autocast, cpu_supports_bf16
-from charlm.tokenizer import context_token_id
+from charlm.inference.scoring import score_tokens
+from charlm.text.corpus import prepare_corpus
+from charlm.text.tokenizer import context_token_id
 
-import common
-from common import REPO
-from common import SHAKESPEARE
 TARGETS = {300: 1.47, 600: 1.40}  # issue #5: below these, nats/char
 
 

@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 import common
-from common import REPO
-from common import SHAKESPEARE
+from common import REPO, SHAKESPEARE
 
 
 def sample_unit() -> bytes:
@@ -60,8 +59,8 @@ def best_rate(work, nbytes: int, repeats: int = 3) -> float:
 
 
 def encode_speeds(megabytes: int, threads: int) -> list[dict]:
-    from charlm.corpus import newline_chunks
-    from charlm.tokenizer import build_tokenizer
+    from charlm.text.corpus import newline_chunks
+    from charlm.text.tokenizer import build_tokenizer
 
     raw = sample_unit() * max(1, megabytes * 10**6 // len(sample_unit()))
     nbytes = len(raw)

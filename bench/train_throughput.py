@@ -23,16 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from charlm.config import ModelConfig, TrainConfig
-from charlm.corpus import prepare_corpus
 from charlm.hardware import autocast, cpu_supports_bf16
-from charlm.trainer import Trainer
+from charlm.text.corpus import prepare_corpus
+from charlm.training.trainer import Trainer
 
-import common
 
 def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
     """GFLOP/s of a 512x512 @ 512x2048 matmul, the shape of an LSTM layer's gate product."""

@@ -2,15 +2,15 @@
 
 __version__ = "0.1.0"
 
-from .checkpoint import RunDirectory  # noqa: E402
-from .config import ModelConfig, RunConfig, SampleConfig, TrainConfig  # noqa: E402
-from .corpus import PreparedCorpus, prepare_corpus  # noqa: E402
-from .errors import CharlmError  # noqa: E402
-from .evaluate import Score, score_sequences, score_tokens  # noqa: E402
-from .generate import Generator  # noqa: E402
-from .model import RNNLM  # noqa: E402
-from .tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: E402
-from .trainer import Trainer, TrainResult  # noqa: E402
+from charlm.config import ModelConfig, RunConfig, SampleConfig, TrainConfig  # noqa: E402
+from charlm.errors import CharlmError  # noqa: E402
+from charlm.inference.generate import Generator  # noqa: E402
+from charlm.inference.scoring import Score, score_sequences, score_tokens  # noqa: E402
+from charlm.models.rnnlm import RNNLM  # noqa: E402
+from charlm.runs.directory import RunDirectory  # noqa: E402
+from charlm.text.corpus import PreparedCorpus, prepare_corpus  # noqa: E402
+from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: E402
+from charlm.training.trainer import Trainer, TrainResult  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -1,6 +1,6 @@
 """python -m charlm: the same CLI as the charlm command."""
 
-from .cli import main
+from charlm.cli import main
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 CELLS = ("lstm", "gru", "rnn-tanh", "rnn-relu")
 CELL_ALIASES = {"rnn": "rnn-tanh"}

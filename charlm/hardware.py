@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,8 +49,8 @@ def check_precision_runs(cell: str, device: torch.device, precision: str) -> Non
     one-step probe with a tiny cell answers it; CUDA runs every cell in fp16 and bf16."""
     if precision == "fp32" or device.type != "cpu":
         return
-    from .config import ModelConfig
-    from .model import RNNLM
+    from charlm.config import ModelConfig
+    from charlm.models.rnnlm import RNNLM
 
     probe = RNNLM(ModelConfig(vocab_size=4, cell=cell, layers=1, hidden=8, embed=8, dropout=0.0))
     try:

@@ -57,9 +57,9 @@ def train_into(path: Path, corpus, model_config, train_config):
     """Train a small model for real into a new run directory at path (one CPU thread, fp32)."""
     import torch
 
-    from charlm.checkpoint import RunDirectory
     from charlm.config import RunConfig
-    from charlm.trainer import Trainer
+    from charlm.runs.directory import RunDirectory
+    from charlm.training.trainer import Trainer
 
     run = RunDirectory(path)
     run.prepare()

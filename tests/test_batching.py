@@ -1,4 +1,4 @@
-"""Tests for charlm.batching: LaneBatcher, lane_views and minimum_tokens.
+"""Tests for charlm.tasks.lanes: LaneBatcher, lane_views and minimum_tokens.
 
 Covers that y is x shifted by one token in every window; that each of the B lanes is a
 contiguous run of the token stream across the windows of an epoch, starting at
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.batching import LaneBatcher, lane_views, minimum_tokens
 from charlm.errors import CharlmError
+from charlm.tasks.lanes import LaneBatcher, lane_views, minimum_tokens
 
 # (tokens, batch size B, sequence length T)
 SHAPES = [(1000, 4, 16), (1001, 3, 7), (65, 4, 16), (5000, 1, 50), (777, 8, 5)]

@@ -1,4 +1,4 @@
-"""Tests for charlm.checkpoint.RunDirectory and the run config's JSON form.
+"""Tests for charlm.runs.directory.RunDirectory and the run config's JSON form.
 
 Covers saving and loading weights (untied and tied models, identical logits, CPU loading),
 which checkpoint load_model('auto') picks and the metadata stored with it, the trainer
@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from charlm.checkpoint import BEST, CONFIG_FILE, LAST, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, RunDirectory
 from charlm.config import ModelConfig, RunConfig, SampleConfig, TrainConfig
-from charlm.corpus import prepare_corpus
 from charlm.errors import CharlmError
-from charlm.model import RNNLM
-from charlm.tokenizer import TOKENIZER_FILE, CharTokenizer
-from charlm.trainer import Trainer
+from charlm.models.rnnlm import RNNLM
+from charlm.runs.directory import BEST, CONFIG_FILE, LAST, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, RunDirectory
+from charlm.text.corpus import prepare_corpus
+from charlm.text.tokenizer import TOKENIZER_FILE, CharTokenizer
+from charlm.training.trainer import Trainer
 
 V = 13
 

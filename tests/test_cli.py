@@ -36,10 +36,10 @@ from typing import Optional
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, shared_file
 
 import charlm
 from charlm.cli import cli
-from conftest import REPO, shared_file
 
 ERROR_PREFIX = "charlm: error:"
 

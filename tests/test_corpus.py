@@ -1,4 +1,4 @@
-"""Tests for charlm.corpus (prepare_corpus, resolve_source, TextSource) and charlm.corpora.
+"""Tests for charlm.text.corpus (prepare_corpus, resolve_source, TextSource) and charlm.text.corpora.
 
 Covers character-based train/val/test splits that decode back to the exact text; the
 smallest unsigned dtype for the token files and their memory mapping; the token cache (hit on
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import charlm.corpus as corpus
-from charlm.corpora import SHAKESPEARE, fetch, resolve_default_corpus
-from charlm.corpus import SPLITS, TextSource, prepare_corpus, resolve_source
-from charlm.errors import CharlmError
 from conftest import shared_file
+
+import charlm.text.corpus as corpus
+from charlm.errors import CharlmError
+from charlm.text.corpora import SHAKESPEARE, fetch, resolve_default_corpus
+from charlm.text.corpus import SPLITS, TextSource, prepare_corpus, resolve_source
 
 DEFAULT_CHUNK = corpus.READ_CHUNK_BYTES
 

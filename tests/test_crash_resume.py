@@ -28,7 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from charlm.checkpoint import BEST, LAST, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, RunDirectory
+from charlm.runs.directory import BEST, LAST, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, RunDirectory
 
 STEPS = 300
 TRAIN_OPTIONS = [

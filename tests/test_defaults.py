@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import REPO
 
 from charlm.config import ModelConfig, TrainConfig
 from charlm.hardware import cpu_supports_bf16, resolve_precision
-from charlm.model import RNNLM
-from conftest import REPO
+from charlm.models.rnnlm import RNNLM
 
 
 def _number(value) -> str:

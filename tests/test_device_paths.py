@@ -18,12 +18,12 @@ import sys
 
 import pytest
 import torch
-
-from charlm.errors import CharlmError
-from charlm.faults import FaultPlan
-from charlm.hardware import check_precision_runs
 from test_crash_resume import environment, write_corpus
 from test_training import make_corpus, metrics, new_trainer, of_kind, same_weights, word_text
+
+from charlm.errors import CharlmError
+from charlm.hardware import check_precision_runs
+from charlm.training.faults import FaultPlan
 
 CPU = torch.device("cpu")
 
@@ -150,7 +150,7 @@ def test_compile_trains_and_saves_plain_weight_names(tmp_path):
     # the same training, up to the float rounding of generated kernels
     loss = lambda run: of_kind(metrics(tmp_path / run), "train")[0]["loss"]  # noqa: E731
     assert abs(loss("compiled") - loss("eager")) < 1e-3
-    from charlm.checkpoint import LAST, RunDirectory
+    from charlm.runs.directory import LAST, RunDirectory
 
     model, _ = RunDirectory(tmp_path / "compiled").load_model(LAST)  # plain names: strict load works
     assert not any("_orig_mod" in name or "module." in name for name in model.state_dict())
@@ -159,8 +159,9 @@ def test_compile_trains_and_saves_plain_weight_names(tmp_path):
 def test_a_checkpoint_holding_a_gpu_rng_state_resumes_exactly_on_the_cpu(tmp_path):
     """A run checkpointed on a GPU carries its CUDA generator's state; on a CPU that state is
     ignored and everything else resumes as usual, bit for bit."""
-    from charlm.checkpoint import LAST, STATE_FILE
     from test_training import resumed_trainer
+
+    from charlm.runs.directory import LAST, STATE_FILE
 
     corpus = make_corpus(tmp_path, word_text(3000))
     train = dict(max_steps=20, log_every=5, min_lr_ratio=1.0, warmup_steps=1)

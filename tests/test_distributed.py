@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from charlm.checkpoint import LAST, METRICS_FILE, RunDirectory
-from charlm.trainer import weights_digest
 from test_crash_resume import environment, weights, write_corpus
+
+from charlm.runs.directory import LAST, METRICS_FILE, RunDirectory
+from charlm.training.trainer import weights_digest
 
 # DDP averages two half-batch gradients where one process takes the mean over the whole
 # batch: the same number up to float rounding, which training then carries along. Measured
@@ -256,8 +256,8 @@ def test_ctrl_c_under_torchrun_checkpoints_and_resumes(workspace):
 def test_lane_shares_of_the_processes_make_up_the_single_process_batch():
     import numpy as np
 
-    from charlm.batching import LaneBatcher
-    from charlm.distributed import World, lane_range
+    from charlm.tasks.lanes import LaneBatcher
+    from charlm.training.distributed import World, lane_range
 
     tokens = np.arange(5000, dtype=np.uint16)
     whole = LaneBatcher(tokens, 12, 16, seed=3)
@@ -273,8 +273,8 @@ def test_validation_shares_add_up_to_the_whole_score():
     import numpy as np
 
     from charlm.config import ModelConfig
-    from charlm.evaluate import score_tokens
-    from charlm.model import RNNLM
+    from charlm.inference.scoring import score_tokens
+    from charlm.models.rnnlm import RNNLM
 
     torch.manual_seed(0)
     model = RNNLM(ModelConfig(vocab_size=30, cell="gru", layers=1, hidden=16, embed=8, dropout=0.0))

@@ -1,5 +1,5 @@
-"""Text generation: charlm.generate (Generator, StopScanner), charlm.stepper, charlm.utf8,
-charlm.sampling and the `charlm generate` command, on real models trained here.
+"""Text generation: charlm.inference.generate (Generator, StopScanner), charlm.inference.stepper, charlm.inference.utf8,
+charlm.inference.sampling and the `charlm generate` command, on real models trained here.
 
 Covered here:
   * greedy decoding (deterministic, the same as temperature 0, the same as a reference loop
@@ -46,20 +46,20 @@ from typing import Optional
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, shared_file, train_into
 
-import charlm.stepper as stepper_module
-from charlm.checkpoint import BEST, LAST, RunDirectory
+import charlm.inference.stepper as stepper_module
 from charlm.cli import cli
 from charlm.config import ModelConfig, SampleConfig, TrainConfig
-from charlm.corpus import prepare_corpus
 from charlm.errors import CharlmError
-from charlm.generate import Generator, SampleResult, StopScanner
-from charlm.model import RNNLM, state_tensors
-from charlm.sampling import next_token
-from charlm.stepper import Stepper
-from charlm.tokenizer import ByteTokenizer, CharTokenizer
-from charlm.utf8 import REJECT, Utf8Guard, needs_guard
-from conftest import REPO, shared_file, train_into
+from charlm.inference.generate import Generator, SampleResult, StopScanner
+from charlm.inference.sampling import next_token
+from charlm.inference.stepper import Stepper
+from charlm.inference.utf8 import REJECT, Utf8Guard, needs_guard
+from charlm.models.rnnlm import RNNLM, state_tensors
+from charlm.runs.directory import BEST, LAST, RunDirectory
+from charlm.text.corpus import prepare_corpus
+from charlm.text.tokenizer import ByteTokenizer, CharTokenizer
 
 CPU = torch.device("cpu")
 ERROR_PREFIX = "charlm: error:"

@@ -32,15 +32,15 @@ from typing import Optional
 import pytest
 import torch
 from click.testing import CliRunner
-
-from charlm.checkpoint import RunDirectory
-from charlm.cli import cli
-from charlm.config import ModelConfig, SampleConfig, TrainConfig
-from charlm.corpus import prepare_corpus
-from charlm.errors import CharlmError
-from charlm.generate import MAX_SAMPLES, MAX_TOKENS, PRIME_WINDOW, Generator
 from conftest import REPO, train_into
 from test_cli import assert_cli_error, child_env
+
+from charlm.cli import cli
+from charlm.config import ModelConfig, SampleConfig, TrainConfig
+from charlm.errors import CharlmError
+from charlm.inference.generate import MAX_SAMPLES, MAX_TOKENS, PRIME_WINDOW, Generator
+from charlm.runs.directory import RunDirectory
+from charlm.text.corpus import prepare_corpus
 
 STEPS = 20
 TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(150))

@@ -35,11 +35,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from charlm.config import MAX_SPM_VOCAB, ModelConfig, TrainConfig
-from charlm.corpus import prepare_corpus
-from charlm.errors import CharlmError
-from charlm.model import RNNLM, count_parameters, training_memory_bytes
 from conftest import REPO
 from test_cli import (
     SAFE,
@@ -52,6 +47,11 @@ from test_cli import (
     snapshot,
     write_text_corpus,
 )
+
+from charlm.config import MAX_SPM_VOCAB, ModelConfig, TrainConfig
+from charlm.errors import CharlmError
+from charlm.models.rnnlm import RNNLM, count_parameters, training_memory_bytes
+from charlm.text.corpus import prepare_corpus
 
 # Hidden 16 and batches of 2 x 8: each successful run here takes about a second.
 FAST = ["--hidden", "16", "--layers", "1", "--embed", "8", "--threads", "1", "--sample-length", "0",

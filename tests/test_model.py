@@ -1,4 +1,4 @@
-"""Tests for charlm.model: the RNNLM module and its recurrent-state helpers.
+"""Tests for charlm.models.rnnlm: the RNNLM module and its recurrent-state helpers.
 
 Covers output and state shapes for every cell (lstm, gru, rnn-tanh, rnn-relu and the alias
 rnn) at several depths; tied embedding/head weights with and without the H -> E projection;
@@ -16,7 +16,7 @@ from torch import nn
 
 from charlm.config import CELLS, ModelConfig
 from charlm.errors import CharlmError
-from charlm.model import RNNLM, detach_state, state_from_tensors, state_tensors
+from charlm.models.rnnlm import RNNLM, detach_state, state_from_tensors, state_tensors
 
 ALL_CELLS = list(CELLS) + ["rnn"]  # "rnn" is an alias of rnn-tanh
 V = 11  # vocabulary size used throughout

@@ -1,4 +1,4 @@
-"""Scoring text under a model: charlm.evaluate (Score, score_tokens, score_sequences, Scorer),
+"""Scoring text under a model: charlm.inference.scoring (Score, score_tokens, score_sequences, Scorer),
 TextCounter, and the `charlm perplexity` command.
 
 Covered here:
@@ -48,17 +48,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, shared_file, train_into
 
-from charlm.checkpoint import RunDirectory
 from charlm.cli import cli
 from charlm.config import ModelConfig, TrainConfig
-from charlm.corpus import TextCounter, prepare_corpus
 from charlm.errors import CharlmError
-from charlm.evaluate import Scorer, score_sequences, score_tokens
 from charlm.hardware import cpu_supports_bf16
-from charlm.model import RNNLM
-from charlm.tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, context_token_id
-from conftest import REPO, shared_file, train_into
+from charlm.inference.scoring import Scorer, score_sequences, score_tokens
+from charlm.models.rnnlm import RNNLM
+from charlm.runs.directory import RunDirectory
+from charlm.text.corpus import TextCounter, prepare_corpus
+from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, context_token_id
 
 CPU = torch.device("cpu")
 LN2 = math.log(2)

@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from charlm.checkpoint import LAST, METRICS_FILE, RunDirectory
-from charlm.cli import cli
-from charlm.errors import CharlmError
-from charlm.guard import SPIKE_WARMUP, DivergenceGuard
-from charlm.trainer import Trainer
 from test_training import make_corpus, metrics, new_trainer, of_kind, resumed_trainer, word_text
 
+from charlm.cli import cli
+from charlm.errors import CharlmError
+from charlm.runs.directory import LAST, METRICS_FILE, RunDirectory
+from charlm.training.guard import SPIKE_WARMUP, DivergenceGuard
+from charlm.training.trainer import Trainer
 
 # ----- metrics rewind -------------------------------------------------------------------
 
@@ -324,7 +323,7 @@ def test_a_foreign_tokenizer_of_the_same_size_is_refused(tmp_path):
 
 
 def test_no_checkpoint_is_taken_of_weights_that_just_failed(tmp_path):
-    from charlm.faults import FaultPlan
+    from charlm.training.faults import FaultPlan
 
     corpus = make_corpus(tmp_path, word_text(2000))
     events: list[dict] = []

@@ -28,20 +28,20 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-from charlm.checkpoint import BEST, CONFIG_FILE, LAST, STATE_FILE, WEIGHTS_FILE, RunDirectory
-from charlm.config import ModelConfig, RunConfig, TrainConfig
-from charlm.corpus import prepare_corpus
-from charlm.errors import CharlmError
-from charlm.generate import Generator
-from charlm.tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, load_tokenizer
 from conftest import REPO, train_into
+from safetensors.torch import load_file, save_file
 from test_cli import assert_cli_error, assert_user_error, child_env, invoke, run_cli, snapshot
+
+from charlm.config import ModelConfig, TrainConfig
+from charlm.errors import CharlmError
+from charlm.inference.generate import Generator
+from charlm.runs.directory import BEST, CONFIG_FILE, LAST, STATE_FILE, WEIGHTS_FILE, RunDirectory
+from charlm.text.corpus import prepare_corpus
+from charlm.text.tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, load_tokenizer
 
 STEPS = 12
 TINY_MODEL = dict(cell="lstm", layers=1, hidden=16, embed=8, dropout=0.0, tie_weights=False)

@@ -1,4 +1,4 @@
-"""Tests for charlm.tokenizer: the char, byte and SentencePiece tokenizers.
+"""Tests for charlm.text.tokenizer: the char, byte and SentencePiece tokenizers.
 
 Covers exact round trips decode(encode(text)) == text for every kind (char fitted on the
 text, byte, SentencePiece unigram and BPE trained with a small vocabulary on separate ASCII
@@ -19,9 +19,10 @@ import unicodedata
 
 import numpy as np
 import pytest
+from conftest import shared_file
 
 from charlm.errors import CharlmError
-from charlm.tokenizer import (
+from charlm.text.tokenizer import (
     SPM_CHUNK_BYTES,
     TOKENIZER_FILE,
     ByteTokenizer,
@@ -33,7 +34,6 @@ from charlm.tokenizer import (
     spm_sentences,
     token_dtype,
 )
-from conftest import shared_file
 
 SPM_VOCAB = 400
 

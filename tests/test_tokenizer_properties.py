@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of every tokenizer kind over arbitrary Unicode text.
 
-Owns the round-trip properties of charlm.tokenizer (and of the UTF-8 guard in charlm.utf8
+Owns the round-trip properties of charlm.text.tokenizer (and of the UTF-8 guard in charlm.inference.utf8
 that generation puts in front of byte-level tokens):
 
 - char: fitted on a text, decode(encode(t)) == t; an unseen character is exactly one
@@ -14,7 +14,7 @@ that generation puts in front of byte-level tokens):
   for any ids; token_bytes() over encode(t) spell t's UTF-8 (char: with U+FFFD for unseen
   characters); encoding in chunks cut at newlines, as corpus.py does, gives the ids of the
   whole text (char and byte: cut anywhere).
-- the UTF-8 guard (charlm.utf8) allows exactly the byte sequences Python decodes, and never
+- the UTF-8 guard (charlm.inference.utf8) allows exactly the byte sequences Python decodes, and never
   forbids the ids encode gives for a text (so every text can be generated).
 - a str holding a lone surrogate is refused by every kind with a CharlmError, also from the
   CLI (an argument with bytes that are not UTF-8, a JSON \\ud800 escape).
@@ -38,10 +38,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_cli import TINY, assert_cli_error, assert_user_error, child_env, invoke, run_cli
 
-from charlm.corpus import newline_chunks
 from charlm.errors import CharlmError
-from charlm.tokenizer import (
+from charlm.inference.utf8 import REJECT, Utf8Guard, transition_table
+from charlm.text.corpus import newline_chunks
+from charlm.text.tokenizer import (
     TOKENIZER_FILE,
     ByteTokenizer,
     CharTokenizer,
@@ -49,8 +51,6 @@ from charlm.tokenizer import (
     build_tokenizer,
     load_tokenizer,
 )
-from charlm.utf8 import REJECT, Utf8Guard, transition_table
-from test_cli import TINY, assert_cli_error, assert_user_error, child_env, invoke, run_cli
 
 SPM_VOCAB = 300  # just above the 260 that byte fallback and the reserved pieces need
 

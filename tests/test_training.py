@@ -1,4 +1,4 @@
-"""Tests for charlm.trainer: the stateful truncated-BPTT training loop, end to end on the CPU.
+"""Tests for charlm.training.trainer: the stateful truncated-BPTT training loop, end to end on the CPU.
 
 Covers learning (a tiny LSTM overfits a repeated phrase and greedy generation continues it),
 the carried recurrent state (detached between windows, kept within an epoch, reset at an
@@ -23,17 +23,17 @@ from typing import Any, Callable, Optional
 import pytest
 import torch
 
-from charlm.checkpoint import BEST, LAST, METRICS_FILE, STATE_FILE, RunDirectory
 from charlm.config import ModelConfig, RunConfig, SampleConfig, TrainConfig
-from charlm.corpus import PreparedCorpus, prepare_corpus
 from charlm.errors import CharlmError
-from charlm.evaluate import DEFAULT_WINDOW, score_tokens
-from charlm.tokenizer import context_token_id
-from charlm.generate import Generator
 from charlm.hardware import cpu_supports_bf16
-from charlm.model import state_tensors
-from charlm.optim import learning_rate
-from charlm.trainer import Trainer
+from charlm.inference.generate import Generator
+from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
+from charlm.models.rnnlm import state_tensors
+from charlm.runs.directory import BEST, LAST, METRICS_FILE, RunDirectory
+from charlm.text.corpus import PreparedCorpus, prepare_corpus
+from charlm.text.tokenizer import context_token_id
+from charlm.training.optim import learning_rate
+from charlm.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 
@@ -603,7 +603,7 @@ def test_on_divergence_stop_gives_up_at_the_first_bad_step(tmp_path):
 def test_tokens_per_second_after_a_resume_counts_only_the_steps_this_session_timed(tmp_path, monkeypatch):
     """The log accumulators come back from the checkpoint (steps 11-15 of the interval to 20),
     but the clock of those steps does not: the first rate after a resume must not count them."""
-    import charlm.trainer as trainer_module
+    import charlm.training.trainer as trainer_module
 
     clock = iter(float(i) for i in range(10**6))  # every reading of the clock is one second later
     monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))

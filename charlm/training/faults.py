@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 ENV_VAR = "CHARLM_FAULTS"
 KINDS = ("nan-loss", "nan-weights", "oom")

@@ -36,10 +36,10 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .atomic import atomic_write_bytes, fsync_dir, temporary_folder
-from .corpora import NAMED_CORPORA, resolve_named_corpus
-from .errors import CharlmError, write_error
-from .tokenizer import Tokenizer, build_tokenizer, load_tokenizer, token_dtype
+from charlm.errors import CharlmError, write_error
+from charlm.files import atomic_write_bytes, fsync_dir, temporary_folder
+from charlm.text.corpora import NAMED_CORPORA, resolve_named_corpus
+from charlm.text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, token_dtype
 
 READ_CHUNK_BYTES = 4 << 20
 CACHE_FORMAT = 2
@@ -335,7 +335,7 @@ def default_cache_root(data_dir: Optional[Path] = None) -> Path:
     env = os.environ.get("CHARLM_CACHE_DIR")
     if env:
         return Path(env).expanduser()
-    from .corpora import default_data_dir
+    from charlm.text.corpora import default_data_dir
 
     return (data_dir or default_data_dir()) / "cache"
 

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .corpus import TextCounter
-from .errors import CharlmError
-from .hardware import autocast
-from .model import detach_state
-from .tokenizer import context_token_id
+from charlm.errors import CharlmError
+from charlm.hardware import autocast
+from charlm.models.rnnlm import detach_state
+from charlm.text.corpus import TextCounter
+from charlm.text.tokenizer import context_token_id
 
 DEFAULT_LANES = 16
 DEFAULT_WINDOW = 256
@@ -240,7 +240,7 @@ class Scorer:
         window: int = DEFAULT_WINDOW,
     ):
         """lanes None: the run's validation lanes (--eval-batch-size), so its figures match."""
-        from .checkpoint import RunDirectory
+        from charlm.runs.directory import RunDirectory
 
         self.run = None
         self.checkpoint = None
@@ -309,7 +309,7 @@ class Scorer:
         """Score the run's own test split (or val with split='val'); auto takes test, else val."""
         if self.run is None:
             raise CharlmError("scoring a run's split needs a Scorer made from a run directory")
-        from .corpus import prepare_corpus
+        from charlm.text.corpus import prepare_corpus
 
         train = self.config.train
         corpus = prepare_corpus(

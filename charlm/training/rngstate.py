@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 
 def capture(device: torch.device) -> dict[str, Any]:

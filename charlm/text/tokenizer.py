@@ -27,9 +27,15 @@ from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence, U
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
-from .errors import CharlmError
-from .runfiles import SPM_MODEL_LIMIT, TOKENIZER_JSON_LIMIT, plain_file_name, read_bytes, read_json
+from charlm.errors import CharlmError
+from charlm.files import (
+    SPM_MODEL_LIMIT,
+    TOKENIZER_JSON_LIMIT,
+    atomic_write_bytes,
+    plain_file_name,
+    read_bytes,
+    read_json,
+)
 
 TOKENIZER_FILE = "tokenizer.json"
 SPM_MODEL_FILE = "tokenizer.model"

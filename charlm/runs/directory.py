@@ -30,13 +30,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from .atomic import UMASK, atomic_write_bytes, fsync_dir, temporary_folder
-from .config import RunConfig
-from .errors import CharlmError, first_line
-from .model import RNNLM
-from .runfiles import CONFIG_LIMIT, read_json, require_regular_file
-from .tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, Tokenizer, load_tokenizer
-from .tokenizer import fingerprint as tokenizer_fingerprint
+from charlm.files import UMASK, atomic_write_bytes, fsync_dir, temporary_folder
+from charlm.config import RunConfig
+from charlm.errors import CharlmError, first_line
+from charlm.models.rnnlm import RNNLM
+from charlm.files import CONFIG_LIMIT, read_json, require_regular_file
+from charlm.text.tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, Tokenizer, load_tokenizer
+from charlm.text.tokenizer import fingerprint as tokenizer_fingerprint
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

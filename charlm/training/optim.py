@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .config import TrainConfig
+from charlm.config import TrainConfig
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:

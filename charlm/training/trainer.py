@@ -47,20 +47,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed, rngstate
-from .batching import LaneBatcher
-from .checkpoint import BEST, LAST, METRICS_FILE, STATE_FILE, RunDirectory
-from .config import ModelConfig, TrainConfig
-from .corpus import PreparedCorpus
-from .distributed import SINGLE, World
-from .errors import CharlmError, first_line
-from .evaluate import DEFAULT_WINDOW, score_tokens
-from .faults import FaultPlan, OutOfMemory
-from .guard import DivergenceGuard, StepRecord
-from .hardware import autocast
-from .model import RNNLM, detach_state, state_from_tensors, state_tensors
-from .optim import build_optimizer, learning_rate
-from .tokenizer import context_token_id
+from charlm.config import ModelConfig, TrainConfig
+from charlm.errors import CharlmError, first_line
+from charlm.hardware import autocast
+from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
+from charlm.models.rnnlm import RNNLM, detach_state, state_from_tensors, state_tensors
+from charlm.runs.directory import BEST, LAST, METRICS_FILE, STATE_FILE, RunDirectory
+from charlm.tasks.lanes import LaneBatcher
+from charlm.text.corpus import PreparedCorpus
+from charlm.text.tokenizer import context_token_id
+from charlm.training import distributed, rngstate
+from charlm.training.distributed import SINGLE, World
+from charlm.training.faults import FaultPlan, OutOfMemory
+from charlm.training.guard import DivergenceGuard, StepRecord
+from charlm.training.optim import build_optimizer, learning_rate
 
 STATE_FORMAT = 3
 READABLE_STATE_FORMATS = (1, 2, 3)

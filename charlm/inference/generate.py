@@ -29,15 +29,14 @@ from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
-from .config import SampleConfig
-from .errors import CharlmError
-from .hardware import available_memory, require_memory
-from .model import RNNLM
-from .sampling import next_token
-from .stepper import Stepper
-from .tokenizer import StreamDecoder, Tokenizer, context_token_id
-from .utf8 import Utf8Guard, needs_guard
-
+from charlm.config import SampleConfig
+from charlm.errors import CharlmError
+from charlm.hardware import available_memory, require_memory
+from charlm.inference.sampling import next_token
+from charlm.inference.stepper import Stepper
+from charlm.inference.utf8 import Utf8Guard, needs_guard
+from charlm.models.rnnlm import RNNLM
+from charlm.text.tokenizer import StreamDecoder, Tokenizer, context_token_id
 
 # Ten million tokens is hours of sampling on a CPU and tens of MB of text per sample, all of
 # which is kept (for --json, for the samples printed after the first, for last_results).
@@ -112,7 +111,7 @@ class Generator:
         """source: a trained RNNLM (then pass its tokenizer) or the path of a run directory."""
         self.device = torch.device(device)
         if isinstance(source, (str, Path)):
-            from .checkpoint import RunDirectory
+            from charlm.runs.directory import RunDirectory
 
             run = RunDirectory(source)
             config = run.read_config()

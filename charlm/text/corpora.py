@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .atomic import atomic_path
-from .errors import CharlmError
+from charlm.errors import CharlmError
+from charlm.files import atomic_path
 
 DOWNLOAD_TIMEOUT_S = 20.0
 
@@ -50,7 +50,7 @@ def default_data_dir() -> Path:
     env = os.environ.get("CHARLM_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # charlm/text/corpora.py -> the checkout
     if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
         return checkout / "data"
     return Path.home() / ".cache" / "charlm"

@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from charlm.config import ModelConfig
 
 State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 
 def lane_views(tokens: np.ndarray, lanes: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:

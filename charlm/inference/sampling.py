@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .config import SampleConfig
+from charlm.config import SampleConfig
 
 
 def next_token(logits: torch.Tensor, config: SampleConfig, generator: Optional[torch.Generator] = None) -> torch.Tensor:

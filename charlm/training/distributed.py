@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import CharlmError
+from charlm.errors import CharlmError
 
 # how long a process waits for the others at a collective before giving up (corpus
 # preparation on rank 0 happens while the others wait, so this is generous)

@@ -20,13 +20,13 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import RunDirectory
-from .config import ModelConfig, RunConfig, TrainConfig
-from .atomic import fsync_dir, temporary_folder
-from .errors import CharlmError, write_error
-from .hardware import require_memory
-from .model import training_memory_bytes
-from .tokenizer import Tokenizer
+from charlm.config import ModelConfig, RunConfig, TrainConfig
+from charlm.errors import CharlmError, write_error
+from charlm.files import fsync_dir, temporary_folder
+from charlm.hardware import require_memory
+from charlm.models.rnnlm import training_memory_bytes
+from charlm.runs.directory import RunDirectory
+from charlm.text.tokenizer import Tokenizer
 
 
 def check_out_writable(out: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .model import RNNLM, State
+from charlm.models.rnnlm import RNNLM, State
 
 # Precompute the layer-0 input table only while it stays small.
 MAX_INPUT_TABLE_BYTES = 64 << 20

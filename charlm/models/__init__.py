@@ -1,0 +1,1 @@
+"""Models: the recurrent language model, its recurrent-state helpers, parameter and memory estimates."""

@@ -1,0 +1,1 @@
+"""Text and data: tokenizers (char, byte, SentencePiece), text sources, named corpora, the token cache."""

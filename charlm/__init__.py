@@ -9,7 +9,8 @@ from charlm.inference.scoring import Score, score_sequences, score_tokens  # noq
 from charlm.models.rnnlm import RNNLM  # noqa: E402
 from charlm.runs.directory import RunDirectory  # noqa: E402
 from charlm.text.corpus import PreparedCorpus, prepare_corpus  # noqa: E402
-from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, load_tokenizer  # noqa: E402
+from charlm.text.sentencepiece import SentencePieceTokenizer  # noqa: E402
+from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer  # noqa: E402
 from charlm.training.trainer import Trainer, TrainResult  # noqa: E402
 
 __all__ = [

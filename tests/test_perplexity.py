@@ -58,7 +58,8 @@ from charlm.inference.scoring import Scorer, score_sequences, score_tokens
 from charlm.models.rnnlm import RNNLM
 from charlm.runs.directory import RunDirectory
 from charlm.text.corpus import TextCounter, prepare_corpus
-from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, SentencePieceTokenizer, context_token_id
+from charlm.text.sentencepiece import SentencePieceTokenizer
+from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, context_token_id
 
 CPU = torch.device("cpu")
 LN2 = math.log(2)

@@ -22,16 +22,14 @@ import pytest
 from conftest import shared_file
 
 from charlm.errors import CharlmError
+from charlm.text.sentencepiece import SPM_CHUNK_BYTES, SentencePieceTokenizer, spm_sentences
 from charlm.text.tokenizer import (
-    SPM_CHUNK_BYTES,
     TOKENIZER_FILE,
     ByteTokenizer,
     CharTokenizer,
-    SentencePieceTokenizer,
     StreamDecoder,
     build_tokenizer,
     load_tokenizer,
-    spm_sentences,
     token_dtype,
 )
 

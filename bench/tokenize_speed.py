@@ -59,7 +59,7 @@ def best_rate(work, nbytes: int, repeats: int = 3) -> float:
 
 
 def encode_speeds(megabytes: int, threads: int) -> list[dict]:
-    from charlm.text.corpus import newline_chunks
+    from charlm.text.sources import newline_chunks
     from charlm.text.tokenizer import build_tokenizer
 
     raw = sample_unit() * max(1, megabytes * 10**6 // len(sample_unit()))

@@ -24,12 +24,13 @@ import numpy as np
 import pytest
 from conftest import shared_file
 
-import charlm.text.corpus as corpus
+import charlm.text.sources as sources
 from charlm.errors import CharlmError
 from charlm.text.corpora import SHAKESPEARE, fetch, resolve_default_corpus
-from charlm.text.corpus import SPLITS, TextSource, prepare_corpus, resolve_source
+from charlm.text.corpus import SPLITS, prepare_corpus
+from charlm.text.sources import TextSource, resolve_source
 
-DEFAULT_CHUNK = corpus.READ_CHUNK_BYTES
+DEFAULT_CHUNK = sources.READ_CHUNK_BYTES
 
 _WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which "
@@ -189,7 +190,7 @@ def test_small_read_chunks_give_the_same_result(tmp_path, monkeypatch, tokenizer
     assert _straddles(text.encode("utf-8"), 1000)
 
     reference = prepare_corpus(str(path), tokenizer=tokenizer, vocab_size=400, cache_root=tmp_path / "big")
-    monkeypatch.setattr(corpus, "READ_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 1000)
     small = prepare_corpus(str(path), tokenizer=tokenizer, vocab_size=400, cache_root=tmp_path / "small")
 
     assert small.from_cache is False
@@ -213,7 +214,7 @@ def test_sentencepiece_tokens_equal_encoding_the_whole_text(tmp_path, monkeypatc
         text = shared_file("tinyshakespeare.txt").read_text(encoding="utf-8")[:40000]
         text += "Ünïcödé wörds, naïve café; Привет мир, как дела?\n" * 30
     path = write(tmp_path / "corpus.txt", text)
-    monkeypatch.setattr(corpus, "READ_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 1000)
     prep = prepare_corpus(str(path), tokenizer="sentencepiece", vocab_size=400)
     tok = prep.tokenizer
     n_train = prep.chars["train"]
@@ -226,7 +227,7 @@ def test_iter_text_yields_the_file_text_for_any_block_size(tmp_path, monkeypatch
     path = write(tmp_path / "t.txt", text)
     source = resolve_source(str(path))
     for block in (1, 2, 3, 7, 4096):
-        monkeypatch.setattr(corpus, "READ_CHUNK_BYTES", block)
+        monkeypatch.setattr(sources, "READ_CHUNK_BYTES", block)
         chunks = list(source.iter_text())
         assert "".join(chunks) == text
         assert all(chunks)
@@ -367,7 +368,7 @@ def test_invalid_utf8_reports_byte_offset_and_line(tmp_path, monkeypatch, block)
     line = data[:offset].count(b"\n") + 1
     path = tmp_path / "bad.txt"
     path.write_bytes(data)
-    monkeypatch.setattr(corpus, "READ_CHUNK_BYTES", block)
+    monkeypatch.setattr(sources, "READ_CHUNK_BYTES", block)
     with pytest.raises(CharlmError) as info:
         prepare_corpus(str(path))
     message = str(info.value)
@@ -381,7 +382,7 @@ def test_truncated_character_at_the_end_is_reported(tmp_path, monkeypatch):
     data = "ascii then ".encode("utf-8") + "日".encode("utf-8")[:2]
     path = tmp_path / "cut.txt"
     path.write_bytes(data)
-    monkeypatch.setattr(corpus, "READ_CHUNK_BYTES", 4)
+    monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 4)
     with pytest.raises(CharlmError, match=f"byte {len(data) - 2} \\(line 1\\)"):
         prepare_corpus(str(path))
 
@@ -407,7 +408,7 @@ def test_invalid_utf8_late_in_the_file_leaves_no_cache_folder(tmp_path, monkeypa
     data = mixed_text(400).encode("utf-8") + b"\xff\n"
     path = tmp_path / "late.txt"
     path.write_bytes(data)
-    monkeypatch.setattr(corpus, "READ_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 1000)
     cache = tmp_path / "cache"
     with pytest.raises(CharlmError, match="UTF-8"):
         prepare_corpus(str(path), cache_root=cache)

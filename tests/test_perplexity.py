@@ -57,8 +57,9 @@ from charlm.hardware import cpu_supports_bf16
 from charlm.inference.scoring import Scorer, score_sequences, score_tokens
 from charlm.models.rnnlm import RNNLM
 from charlm.runs.directory import RunDirectory
-from charlm.text.corpus import TextCounter, prepare_corpus
+from charlm.text.corpus import prepare_corpus
 from charlm.text.sentencepiece import SentencePieceTokenizer
+from charlm.text.sources import TextCounter
 from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, context_token_id
 
 CPU = torch.device("cpu")

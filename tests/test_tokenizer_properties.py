@@ -42,7 +42,7 @@ from test_cli import TINY, assert_cli_error, assert_user_error, child_env, invok
 
 from charlm.errors import CharlmError
 from charlm.inference.utf8 import REJECT, Utf8Guard, transition_table
-from charlm.text.corpus import newline_chunks
+from charlm.text.sources import newline_chunks
 from charlm.text.tokenizer import (
     TOKENIZER_FILE,
     ByteTokenizer,

@@ -25,10 +25,7 @@ from charlm.hardware import (
     set_threads,
 )
 from charlm.inference.scoring import DEFAULT_LANES, DEFAULT_WINDOW, Scorer
-from charlm.text.corpus import (
-    newline_chunks,
-    resolve_source,
-)
+from charlm.text.sources import newline_chunks, resolve_source
 
 MAX_STDIN_BYTES = 1 << 30  # perplexity --data -: so an endless pipe (< /dev/zero) ends with an error
 

@@ -44,10 +44,8 @@ from charlm.inference.generate import Generator
 from charlm.runs.directory import RunDirectory
 from charlm.tasks.lanes import require_tokens
 from charlm.text.corpora import DEFAULT_CORPUS, resolve_default_corpus
-from charlm.text.corpus import (
-    TextSource,
-    prepare_corpus,
-)
+from charlm.text.corpus import prepare_corpus
+from charlm.text.sources import TextSource
 from charlm.text.tokenizer import fingerprint as tokenizer_fingerprint
 from charlm.training import distributed
 from charlm.training.faults import ENV_VAR as FAULTS_ENV_VAR

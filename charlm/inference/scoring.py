@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from charlm.errors import CharlmError
 from charlm.hardware import autocast
 from charlm.models.rnnlm import detach_state
-from charlm.text.corpus import TextCounter
+from charlm.text.sources import TextCounter
 from charlm.text.tokenizer import context_token_id
 
 DEFAULT_LANES = 16

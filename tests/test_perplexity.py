@@ -54,7 +54,8 @@ from charlm.cli import cli
 from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import CharlmError
 from charlm.hardware import cpu_supports_bf16
-from charlm.inference.scoring import Scorer, score_sequences, score_tokens
+from charlm.inference.scorer import Scorer
+from charlm.inference.scoring import score_sequences, score_tokens
 from charlm.models.rnnlm import RNNLM
 from charlm.runs.directory import RunDirectory
 from charlm.text.corpus import prepare_corpus

@@ -24,7 +24,8 @@ from charlm.hardware import (
     resolve_precision,
     set_threads,
 )
-from charlm.inference.scoring import DEFAULT_LANES, DEFAULT_WINDOW, Scorer
+from charlm.inference.scorer import Scorer
+from charlm.inference.scoring import DEFAULT_LANES, DEFAULT_WINDOW
 from charlm.text.sources import newline_chunks, resolve_source
 
 MAX_STDIN_BYTES = 1 << 30  # perplexity --data -: so an endless pipe (< /dev/zero) ends with an error

@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charlm.errors import CharlmError
 from charlm.hardware import autocast
-from charlm.models.rnnlm import detach_state
-from charlm.text.sources import TextCounter
-from charlm.text.tokenizer import context_token_id
+from charlm.models.state import WHOLE, LaneShare, take_lanes
+from charlm.models.state import detach as detach_state
 
 DEFAULT_LANES = 16
 DEFAULT_WINDOW = 256
@@ -121,23 +118,22 @@ def score_tokens(
     device: torch.device = torch.device("cpu"),
     precision: str = "fp32",
     min_lane_tokens: int = MIN_LANE_TOKENS,
-    part: tuple[int, int] = (0, 1),
+    part: LaneShare = WHOLE,
 ) -> Score:
     """Total NLL of every token of `tokens` (see the module docstring for the method).
 
     At most one lane per `min_lane_tokens` tokens, so a short text is not cut into lanes
     that each start without context.
 
-    part (i, n) scores only the i-th of n contiguous shares of the lanes (the last share
-    also takes the tail), for n processes that each score a share: the sums of their
+    part, share i of n, scores only the i-th of n contiguous shares of the lanes (the last
+    share also takes the tail), for n processes that each score a share: the sums of their
     `nll` and `tokens` are what one process scoring everything gets."""
     n = len(tokens)
     if n == 0:
         return Score(nll=0.0, tokens=0)
     lanes = max(1, min(lanes, n // max(min_lane_tokens, 1)))  # short texts: fewer (or no) resets
     span = n // lanes  # predictions per lane; the remainder continues the last lane
-    index, count = part
-    first, last = index * lanes // count, (index + 1) * lanes // count  # this part's lanes
+    first, last = part.bounds(lanes)  # this part's lanes
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -156,12 +152,7 @@ def score_tokens(
             scored += y.numel()
             state = detach_state(state)
         if lanes * span < n and last == lanes:  # the tail continues the last lane, whose state it needs
-            if state is None:
-                last_state = None
-            elif isinstance(state, tuple):
-                last_state = tuple(s[:, -1:].contiguous() for s in state)
-            else:
-                last_state = state[:, -1:].contiguous()
+            last_state = None if state is None else take_lanes(state, -1, None)
             for begin in range(lanes * span, n, window):
                 targets = np.arange(begin, min(begin + window, n), dtype=np.int64)[None, :]
                 x = _gather(tokens, context_id, targets - 1).to(device)
@@ -220,109 +211,3 @@ def score_sequences(
     finally:
         model.train(was_training)
     return results
-
-
-class Scorer:
-    """Scores text with a trained model: whole texts, a run's own splits, or line by line.
-
-        scorer = Scorer("runs/mine")
-        scorer.score_text("To be, or not to be").bits_per_char
-    """
-
-    def __init__(
-        self,
-        source,
-        tokenizer=None,
-        device: torch.device = torch.device("cpu"),
-        precision: str = "fp32",
-        checkpoint: str = "auto",
-        lanes: Optional[int] = None,
-        window: int = DEFAULT_WINDOW,
-    ):
-        """lanes None: the run's validation lanes (--eval-batch-size), so its figures match."""
-        from charlm.runs.directory import RunDirectory
-
-        self.run = None
-        self.checkpoint = None
-        if isinstance(source, (str, Path)):
-            self.run = RunDirectory(source)
-            self.config = self.run.read_config()
-            tokenizer = self.run.load_tokenizer(self.config)
-            source, self.checkpoint = self.run.load_model(checkpoint, device=device, config=self.config)
-            if lanes is None:
-                lanes = self.config.train.eval_batch_size
-        elif tokenizer is None:
-            raise CharlmError("Scorer(model, tokenizer): a model needs its tokenizer")
-        if lanes is None:
-            lanes = DEFAULT_LANES
-        if lanes < 1:
-            raise CharlmError(f"--lanes must be at least 1 (got {lanes})")
-        if window < 1:
-            raise CharlmError(f"--window must be at least 1 (got {window})")
-        self.model = source.to(device).eval()
-        self.tokenizer = tokenizer
-        self.device = device
-        self.precision = precision
-        self.lanes = lanes
-        self.window = window
-        self.context_id = context_token_id(tokenizer)
-
-    def _count_unknown(self, ids: np.ndarray) -> int:
-        unk = self.tokenizer.unk_id
-        if unk is None or self.tokenizer.kind != "char":
-            return 0
-        return int(np.count_nonzero(ids == unk))
-
-    def score_ids(self, ids: np.ndarray, chars: int, nbytes: int, words: int, unknown: int = 0) -> Score:
-        score = score_tokens(self.model, ids, self.context_id, self.lanes, self.window, self.device, self.precision)
-        score.chars, score.bytes, score.words, score.unknown = chars, nbytes, words, unknown
-        return score
-
-    def score_text(self, text: Union[str, Iterable[str]]) -> Score:
-        """Score a text (a string, or chunks of one cut at newlines) as one stream."""
-        chunks = [text] if isinstance(text, str) else text
-        counter = TextCounter()
-        parts = []
-        for chunk in chunks:
-            counter.add(chunk)
-            parts.append(self.tokenizer.encode(chunk))
-        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        if counter.chars == 0:
-            raise CharlmError("nothing to score: the text is empty")
-        return self.score_ids(ids, counter.chars, counter.bytes, counter.words, self._count_unknown(ids))
-
-    def score_lines(self, lines: Sequence[str], batch_size: int = 64) -> list[Score]:
-        """Score each line on its own, from a fresh state (empty lines score zero tokens)."""
-        encoded = [self.tokenizer.encode(line) for line in lines]
-        totals = score_sequences(
-            self.model, encoded, self.context_id, batch_size, self.window, self.device, self.precision
-        )
-        scores = []
-        for line, ids, nll in zip(lines, encoded, totals):
-            counter = TextCounter()
-            counter.add(line)
-            scores.append(Score(nll=nll, tokens=len(ids), chars=counter.chars, bytes=counter.bytes,
-                                words=counter.words, unknown=self._count_unknown(ids)))
-        return scores
-
-    def score_split(self, split: str = "auto") -> tuple[str, Score]:
-        """Score the run's own test split (or val with split='val'); auto takes test, else val."""
-        if self.run is None:
-            raise CharlmError("scoring a run's split needs a Scorer made from a run directory")
-        from charlm.text.corpus import prepare_corpus
-
-        train = self.config.train
-        corpus = prepare_corpus(
-            train.data, val_data=train.val_data, test_data=train.test_data, val_fraction=train.val_fraction,
-            test_fraction=train.test_fraction, tokenizer=train.tokenizer, vocab_size=train.vocab_size,
-            spm_model_type=train.spm_model_type, encoding_errors=train.encoding_errors,
-        )  # fmt: skip
-        if corpus.tokenizer.token_bytes() != self.tokenizer.token_bytes():
-            raise CharlmError("the run's corpus now gives a different vocabulary; score it with --data instead")
-        if split == "auto":
-            split = "test" if len(corpus.splits["test"]) else "val"
-        if not len(corpus.splits[split]):
-            raise CharlmError(f"the run has no {split} split; pass --data to score a text")
-        score = self.score_ids(corpus.splits[split], corpus.chars[split], corpus.bytes[split],
-                               corpus.words[split], corpus.unknown[split])
-        return split, score

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from charlm.config import ModelConfig, TrainConfig
 from charlm.hardware import resolve_precision
 from charlm.text.corpus import prepare_corpus
-from charlm.training.trainer import Trainer
+from charlm.tasks.language_model import Trainer
 
 
 def group_of(name: str) -> str:

@@ -31,7 +31,7 @@ from torch import nn
 from charlm.config import ModelConfig, TrainConfig
 from charlm.hardware import autocast, cpu_supports_bf16
 from charlm.text.corpus import prepare_corpus
-from charlm.training.trainer import Trainer
+from charlm.tasks.language_model import Trainer
 
 
 def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:

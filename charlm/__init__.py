@@ -11,7 +11,7 @@ from charlm.runs.directory import RunDirectory  # noqa: E402
 from charlm.text.corpus import PreparedCorpus, prepare_corpus  # noqa: E402
 from charlm.text.sentencepiece import SentencePieceTokenizer  # noqa: E402
 from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer  # noqa: E402
-from charlm.training.trainer import Trainer, TrainResult  # noqa: E402
+from charlm.tasks.language_model import Trainer, TrainResult  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -59,7 +59,7 @@ def train_into(path: Path, corpus, model_config, train_config):
 
     from charlm.config import RunConfig
     from charlm.runs.directory import RunDirectory
-    from charlm.training.trainer import Trainer
+    from charlm.tasks.language_model import Trainer
 
     run = RunDirectory(path)
     run.prepare()

@@ -27,7 +27,7 @@ from charlm.models.rnnlm import RNNLM
 from charlm.runs.directory import BEST, CONFIG_FILE, LAST, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, RunDirectory
 from charlm.text.corpus import prepare_corpus
 from charlm.text.tokenizer import TOKENIZER_FILE, CharTokenizer
-from charlm.training.trainer import Trainer
+from charlm.tasks.language_model import Trainer
 
 V = 13
 

@@ -32,7 +32,7 @@ import torch
 from test_crash_resume import environment, weights, write_corpus
 
 from charlm.runs.directory import LAST, METRICS_FILE, RunDirectory
-from charlm.training.trainer import weights_digest
+from charlm.training.checkpoint import weights_digest
 
 # DDP averages two half-batch gradients where one process takes the mean over the whole
 # batch: the same number up to float rounding, which training then carries along. Measured

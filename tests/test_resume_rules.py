@@ -25,7 +25,7 @@ from charlm.cli import cli
 from charlm.errors import CharlmError
 from charlm.runs.directory import LAST, METRICS_FILE, RunDirectory
 from charlm.training.guard import SPIKE_WARMUP, DivergenceGuard
-from charlm.training.trainer import Trainer
+from charlm.tasks.language_model import Trainer
 
 # ----- metrics rewind -------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from charlm.runs.directory import BEST, LAST, METRICS_FILE, RunDirectory
 from charlm.text.corpus import PreparedCorpus, prepare_corpus
 from charlm.text.tokenizer import context_token_id
 from charlm.training.optim import learning_rate
-from charlm.training.trainer import Trainer
+from charlm.tasks.language_model import Trainer
 
 CPU = torch.device("cpu")
 
@@ -603,10 +603,10 @@ def test_on_divergence_stop_gives_up_at_the_first_bad_step(tmp_path):
 def test_tokens_per_second_after_a_resume_counts_only_the_steps_this_session_timed(tmp_path, monkeypatch):
     """The log accumulators come back from the checkpoint (steps 11-15 of the interval to 20),
     but the clock of those steps does not: the first rate after a resume must not count them."""
-    import charlm.training.trainer as trainer_module
+    import charlm.training.loop as loop_module
 
     clock = iter(float(i) for i in range(10**6))  # every reading of the clock is one second later
-    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(loop_module.time, "perf_counter", lambda: next(clock))
     corpus = make_corpus(tmp_path, word_text(3000))
     events: list = []
     new_trainer(tmp_path / "run", corpus, train=dict(max_steps=15, log_every=10), events=events).run()

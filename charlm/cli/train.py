@@ -55,8 +55,8 @@ from charlm.training.preflight import (
     check_training_memory,
     create_run_directory,
 )
-from charlm.training.trainer import Trainer
-from charlm.training.trainer import fingerprint as data_fingerprint
+from charlm.tasks.language_model import Trainer
+from charlm.tasks.language_model import tokens_fingerprint as data_fingerprint
 
 _T, _M = TrainConfig, ModelConfig  # option defaults live in the dataclasses
 

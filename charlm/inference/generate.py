@@ -36,6 +36,7 @@ from charlm.inference.sampling import next_token
 from charlm.inference.stepper import Stepper
 from charlm.inference.utf8 import Utf8Guard, needs_guard
 from charlm.models.rnnlm import RNNLM
+from charlm.models.state import expand_lanes, tensor_count
 from charlm.text.tokenizer import StreamDecoder, Tokenizer, context_token_id
 
 # Ten million tokens is hours of sampling on a CPU and tens of MB of text per sample, all of
@@ -165,7 +166,7 @@ class Generator:
         """Estimated bytes one more sample of the batch takes: (on the device, in host memory)."""
         V = self.tokenizer.vocab_size
         L, H = self.model.config.layers, self.model.config.hidden
-        states = 2 if self.model.config.cell == "lstm" else 1
+        states = tensor_count(self.model.config.cell)
         # logits, their masked copy and the sampling temporaries (scaled, sorted with int64
         # indices, softmax, cumulative sum, masks); the state and the stepper's gate buffers
         device = 4 * V * 12 + 4 * L * H * states * 8
@@ -217,11 +218,7 @@ class Generator:
             last = logits[:, -1, :].float()
             del logits
         last = last.expand(B, -1)  # (B, V)
-        if self.model.config.cell == "lstm":
-            model_state = tuple(s.expand(-1, B, -1) for s in model_state)
-        else:
-            model_state = model_state.expand(-1, B, -1)
-        state = self.stepper.from_model_state(model_state)
+        state = self.stepper.from_model_state(expand_lanes(model_state, B))
 
         base = self._forbidden_base()
         utf8_states = self.guard.initial(B) if self.guard is not None else None

@@ -21,7 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from charlm.models.rnnlm import RNNLM, State
+from charlm.models.rnnlm import RNNLM
+from charlm.models.state import State, from_tensors, to_tensors
 
 # Precompute the layer-0 input table only while it stays small.
 MAX_INPUT_TABLE_BYTES = 64 << 20
@@ -61,18 +62,12 @@ class Stepper:
     # ----- state conversion -----------------------------------------------------------
     def from_model_state(self, state: State) -> LayerState:
         """nn.LSTM-style state (L, B, H) [and c] -> per-layer list."""
-        if self.cell == "lstm":
-            h, c = state
-            out = []
-            for k in range(self.layers):
-                out += [h[k].contiguous(), c[k].contiguous()]
-            return out
-        return [state[k].contiguous() for k in range(self.layers)]
+        tensors = to_tensors(state)
+        return [t[k].contiguous() for k in range(self.layers) for t in tensors]
 
     def to_model_state(self, layers: LayerState) -> State:
-        if self.cell == "lstm":
-            return (torch.stack(layers[0::2]), torch.stack(layers[1::2]))
-        return torch.stack(layers)
+        n = len(layers) // self.layers  # tensors per layer: h, and c for LSTM
+        return from_tensors([torch.stack(layers[i::n]) for i in range(n)])
 
     # ----- the step -------------------------------------------------------------------
     def _layer_input(self, k: int, x: torch.Tensor) -> torch.Tensor:

@@ -6,19 +6,22 @@ between recurrent layers and to the top layer's output. With tied weights the he
 the embedding matrix; when the hidden width differs from the embedding width a bias-free
 projection H -> E sits in between.
 
-The recurrent state is a tensor (L, B, H) for GRU/RNN and a pair of them (h, c) for LSTM.
+The recurrent state is a tensor (L, B, H) for GRU/RNN and a pair of them (h, c) for LSTM;
+charlm.models.state holds the helpers that handle either form.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
 
 from charlm.config import ModelConfig
-
-State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+from charlm.models import state as states
+from charlm.models.state import State
+from charlm.models.state import detach as detach_state  # noqa: F401  (its older name, still imported)
+from charlm.models.state import to_tensors as state_tensors  # noqa: F401  (likewise)
 
 
 class RNNLM(nn.Module):
@@ -56,12 +59,8 @@ class RNNLM(nn.Module):
 
     def init_state(self, batch_size: int, device: Optional[torch.device] = None) -> State:
         """Zero state for B lanes."""
-        L, H = self.config.layers, self.config.hidden
         device = device or self.embedding.weight.device
-        zeros = torch.zeros(L, batch_size, H, device=device)
-        if self.config.cell == "lstm":
-            return (zeros, zeros.clone())
-        return zeros
+        return states.zeros(self.config.cell, self.config.layers, batch_size, self.config.hidden, device)
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
         """x (B, T) int64 -> logits (B, T, V), new state."""
@@ -76,19 +75,9 @@ class RNNLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def detach_state(state: State) -> State:
-    """Cut the graph at a window boundary; keep the values, in fp32 (autocast may leave bf16)."""
-    if isinstance(state, tuple):
-        return tuple(s.detach().float() for s in state)
-    return state.detach().float()
-
-
-def state_tensors(state: State) -> list[torch.Tensor]:
-    return list(state) if isinstance(state, tuple) else [state]
-
-
 def state_from_tensors(tensors: list[torch.Tensor], cell: str) -> State:
-    return (tensors[0], tensors[1]) if cell == "lstm" else tensors[0]
+    """A `cell` state from its tensors (states.from_tensors, under its older name)."""
+    return states.from_tensors(tensors[: states.tensor_count(cell)])
 
 
 _GATES = {"lstm": 4, "gru": 3, "rnn-tanh": 1, "rnn-relu": 1}

@@ -20,7 +20,7 @@ window w, which is why the hidden state of lane b is carried from one window to 
 Each epoch draws its offset o from a generator seeded by (seed, epoch), so window boundaries
 move between epochs and a resumed run gets the same batches from (epoch, window) alone.
 
-Under torchrun each process takes a contiguous share of the B lanes (`lanes=(start, stop)`)
+Under torchrun each process takes a contiguous share of the B lanes (`share`, a LaneShare)
 of the very same layout, so N processes together read exactly the token stream one process
 would read with the same B.
 """
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from charlm.errors import CharlmError
+from charlm.models.state import WHOLE, LaneShare
 
 
 def lane_views(tokens: np.ndarray, lanes: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,18 +74,18 @@ class LaneBatcher:
         seq_len: int,
         seed: int = 0,
         random_offset: bool = True,
-        lanes: tuple[int, int] | None = None,
+        share: LaneShare = WHOLE,
         pin_memory: bool = False,
     ):
-        """batch_size is the global B; `lanes` picks this process's rows [start, stop) of it
-        (all of them by default); pin_memory puts batches in page-locked memory, for
-        asynchronous copies to a GPU."""
+        """batch_size is the global B; `share` picks this process's rows of it (all of them
+        by default); pin_memory puts batches in page-locked memory, for asynchronous copies
+        to a GPU."""
         require_tokens(len(tokens), batch_size, seq_len)
         self.tokens = tokens
         self.batch_size = batch_size
-        self.lanes = lanes or (0, batch_size)
-        if not 0 <= self.lanes[0] < self.lanes[1] <= batch_size:
-            raise ValueError(f"lanes {self.lanes} are not a share of {batch_size} lanes")
+        self.lanes = share.bounds(batch_size)  # this process's rows [start, stop)
+        if self.lanes[0] >= self.lanes[1]:
+            raise ValueError(f"share {share.index} of {share.count} of {batch_size} lanes is empty")
         self.pin_memory = pin_memory
         self.seq_len = seq_len
         self.seed = seed

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from charlm.errors import CharlmError
+from charlm.models.state import LaneShare
 
 # how long a process waits for the others at a collective before giving up (corpus
 # preparation on rank 0 happens while the others wait, so this is generous)
@@ -177,9 +178,9 @@ def check_lane_share(batch_size: int, processes: int) -> None:
         )
 
 
-def lane_range(world: World, lanes: int) -> tuple[int, int]:
-    """This process's share [start, stop) of `lanes` lanes: contiguous, in rank order, as even as possible."""
-    return world.rank * lanes // world.size, (world.rank + 1) * lanes // world.size
+def lane_share(world: World) -> LaneShare:
+    """This process's share of any lanes: contiguous, in rank order, as even as possible."""
+    return LaneShare(world.rank, world.size)
 
 
 def rank_seed(seed: int, rank: int) -> int:

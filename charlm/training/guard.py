@@ -2,8 +2,9 @@
 
 A step is bad when its loss or its gradient norm is not finite, or when its loss jumps above
 `spike_factor` times the recent average of good steps (an exponential moving average, only
-trusted after `SPIKE_WARMUP` good steps). The trainer skips a bad step's update; what it
-does after several bad steps in a row (roll back, give up) is the trainer's business.
+trusted after `SPIKE_WARMUP` good steps). The engine skips a bad step's update; what comes
+after a bad step (go on, roll back, give up) is `react`'s decision, a pure function of the
+policy options and the counts, which the engine carries out.
 
 The judging happens on the device the step ran on, in float64 tensors, so that a GPU never
 waits for the host to read a loss: `judge` returns the verdict as a tensor (the optimizer
@@ -36,6 +37,29 @@ class StepRecord(NamedTuple):
     average: float  # the moving average the step was judged against (NaN: none yet)
     bad: bool
     streak: int  # bad steps in a row, this one included (0 for a good step)
+
+
+class Reaction(NamedTuple):
+    """What to do after a bad step."""
+
+    action: str  # what --on-divergence asks for at this streak: "skip", "rollback" or "stop"
+    give_up: bool  # the run ends here (with its last checkpoint intact)
+
+
+def react(on_divergence: str, streak: int, skip_limit: int, rollbacks_in_a_row: int, max_rollbacks: int) -> Reaction:
+    """The reaction to a bad step, `streak` bad steps in a row (this one included).
+
+    "skip" skips the update until `skip_limit` bad steps in a row, then rolls back; "stop"
+    gives up at once; a rollback is refused (the run gives up) after `max_rollbacks`
+    rollbacks in a row without a good step in between."""
+    action = "rollback" if on_divergence == "skip" and streak >= skip_limit else on_divergence
+    if action == "skip":
+        return Reaction("skip", False)
+    if action == "stop":
+        return Reaction("stop", True)
+    if action != "rollback":
+        raise ValueError(f"unknown on_divergence {on_divergence!r}")
+    return Reaction("rollback", rollbacks_in_a_row >= max_rollbacks)
 
 
 class DivergenceGuard:

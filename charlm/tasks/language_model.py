@@ -1,0 +1,213 @@
+"""The language-model task, and `Trainer`: the training engine bound to it.
+
+LanguageModelTask implements charlm.training.task.Task for stateful truncated BPTT: the
+training split is cut into B lanes (lanes.py), each step takes the next (B, T) window of
+every lane, and the recurrent state the window leaves is carried (detached) to the next
+window of the same lanes; it is reset at each epoch start, where the lanes start over,
+and zeroed after a step the guard rejected. Under torchrun each process holds a share of
+the lanes (a LaneShare); a checkpoint gathers the carried state of all B lanes, and a
+resume takes back this process's share. Validation scores the validation split the way
+`charlm perplexity` does (inference/scoring.py), each process a share of the lanes.
+
+Besides the carried state, a checkpoint keeps a check of the training data (token count,
+fingerprint, the epoch's lane offset), so a resume refuses a corpus that changed.
+
+`Trainer` is the engine with this task, under the constructor the CLI, the tests and the
+README use; it lives here rather than in charlm.training because the engine never imports
+a task. Its `state`, `batcher` and `val_tokens` are the task's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlm.config import ModelConfig, TrainConfig
+from charlm.errors import CharlmError
+from charlm.hardware import autocast
+from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
+from charlm.models import state as states
+from charlm.models.rnnlm import RNNLM
+from charlm.runs.directory import RunDirectory
+from charlm.tasks.lanes import LaneBatcher
+from charlm.text.corpus import PreparedCorpus
+from charlm.text.tokenizer import context_token_id
+from charlm.training import distributed
+from charlm.training.distributed import SINGLE, World
+from charlm.training.engine import Engine
+from charlm.training.faults import FaultPlan
+from charlm.training.loop import TrainResult
+
+__all__ = ["LanguageModelTask", "Trainer", "TrainResult", "tokens_fingerprint"]
+
+
+def tokens_fingerprint(tokens: np.ndarray, block: int = 1 << 24) -> str:
+    """A hash of a token array's contents, to tell on resume whether the corpus changed."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(tokens.dtype).encode())
+    for start in range(0, len(tokens), block):
+        digest.update(np.ascontiguousarray(tokens[start : start + block]))
+    return digest.hexdigest()
+
+
+class LanguageModelTask:
+    """Next-token prediction over TBPTT lanes; see the module docstring."""
+
+    def __init__(self, model_config: ModelConfig, config: TrainConfig, corpus: PreparedCorpus,
+                 device: torch.device, precision: str, world: World = SINGLE):  # fmt: skip
+        distributed.check_lane_share(config.batch_size, world.size)
+        self.model_config = model_config
+        self.config = config
+        self.corpus = corpus
+        self.device = device
+        self.precision = precision
+        self.world = world
+        self.share = distributed.lane_share(world)
+        self.batcher = LaneBatcher(
+            corpus.splits["train"], config.batch_size, config.seq_len, seed=config.seed,
+            random_offset=config.random_offset, share=self.share, pin_memory=(device.type == "cuda"),
+        )  # fmt: skip
+        self.val_tokens = corpus.splits["val"]
+        self.context_id = context_token_id(corpus.tokenizer)
+        self.state: Optional[states.State] = None  # carried from one window to the next
+        self._next_state: Optional[states.State] = None  # what the step in progress left
+        self._fingerprint: Optional[str] = None
+
+    def build_model(self, device: torch.device) -> RNNLM:
+        return RNNLM(self.model_config).to(device)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "train_tokens": int(len(self.corpus.splits["train"])),
+            "val_tokens": int(len(self.val_tokens)),
+            "tokens_per_epoch": self.batcher.tokens_per_epoch,
+        }
+
+    # ----- steps --------------------------------------------------------------------------
+    def batches(self, epoch: int) -> int:
+        return self.batcher.windows(epoch)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.state = None  # the lanes start over
+
+    def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batcher.batch(epoch, index)  # (b, T): this process's lanes
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def batch_tokens(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return self.config.batch_size * self.config.seq_len  # the global B, over all processes
+
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        with autocast(self.device, self.precision):
+            logits, self._next_state = model(x, self.state)  # (b, T, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+    def end_step(self, bad: torch.Tensor) -> None:
+        # a state that produced a bad step is not carried on (zeros, as at an epoch start)
+        self.state = states.zero_where(bad, states.detach(self._next_state))  # no host sync
+        self._next_state = None
+
+    def validate(self, model: torch.nn.Module) -> Optional[dict[str, Any]]:
+        """The validation split scored as `charlm perplexity` scores it, in fp32."""
+        if len(self.val_tokens) == 0:
+            return None
+        score = score_tokens(model, self.val_tokens, self.context_id, self.config.eval_batch_size,
+                             DEFAULT_WINDOW, self.device, "fp32", part=self.share)  # fmt: skip
+        if self.world.distributed:  # each process scored a share of the lanes
+            score.nll, tokens = distributed.agree(self.world, [score.nll, float(score.tokens)])
+            score.tokens = int(tokens)
+        corpus = self.corpus
+        score.chars, score.bytes = corpus.chars["val"], corpus.bytes["val"]
+        score.words, score.unknown = corpus.words["val"], corpus.unknown["val"]
+        return {"loss": score.loss, "bpc": score.bits_per_char, "bpb": score.bits_per_byte,
+                "perplexity": score.perplexity, "word_perplexity": score.word_perplexity, "tokens": score.tokens}  # fmt: skip
+
+    # ----- checkpoint state -----------------------------------------------------------------
+    def data_fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = tokens_fingerprint(self.corpus.splits["train"])
+        return self._fingerprint
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        """The carried state of all B lanes on the CPU (gathered from every process, so
+        every process must call this together), and the check of the training data."""
+        mine = [t.cpu() for t in states.to_tensors(self.state)] if self.state is not None else None
+        shares = distributed.gather(self.world, mine)
+        carried = None if any(share is None for share in shares) else states.join_lanes(shares)  # (L, B, H)
+        data = {
+            "train_tokens": int(len(self.corpus.splits["train"])),
+            "fingerprint": self.data_fingerprint(),
+            "lane_offset": self.batcher.offset(epoch),
+        }
+        return {"carried_state": carried, "data": data}
+
+    def load_state_dict(self, saved: dict[str, Any], where: str) -> None:
+        carried = saved.get("carried_state")
+        if not carried:  # an epoch start: every process starts from zeros
+            self.state = None
+            return
+        B = self.config.batch_size
+        if carried[0].shape[1] != B:
+            raise CharlmError(
+                f"{where} holds a carried state for {carried[0].shape[1]} lanes, not {B}; "
+                "the checkpoint is damaged: start a new run with --overwrite"
+            )
+        first, last = self.share.bounds(B)
+        mine = states.take_lanes(states.from_tensors(list(carried)), first, last)  # this process's lanes
+        self.state = states.apply(lambda t: t.to(self.device), mine)
+
+    def check_resume(self, saved: dict[str, Any], step: int) -> None:
+        data = saved.get("data")
+        if not data:
+            return  # written before charlm recorded it
+        then, now = int(data["train_tokens"]), int(len(self.corpus.splits["train"]))
+        if then != now or data["fingerprint"] != self.data_fingerprint():
+            change = f"{then:,} tokens then, {now:,} now" if then != now else "same length, different text"
+            raise CharlmError(
+                f"the training text changed since this run was checkpointed at step {step} ({change}); "
+                "an exact resume needs the same corpus: restore it, or start a new run"
+            )
+
+
+class Trainer(Engine):
+    """The training engine with the language-model task: charlm's `train`."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        corpus: PreparedCorpus,
+        run_dir: RunDirectory,
+        device: torch.device,
+        precision: str,
+        on_event: Optional[Callable[[dict[str, Any]], None]] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
+        faults: Optional[FaultPlan] = None,
+        world: World = SINGLE,
+        check_every: Optional[int] = None,
+    ):
+        self.corpus = corpus
+        task = LanguageModelTask(model_config, config, corpus, device, precision, world)
+        super().__init__(task, config, run_dir, device, precision, on_event, should_stop, faults, world, check_every)
+
+    @property
+    def state(self) -> Optional[states.State]:
+        """The carried recurrent state of this process's lanes (None at an epoch start)."""
+        return self.task.state
+
+    @property
+    def batcher(self) -> LaneBatcher:
+        return self.task.batcher
+
+    @property
+    def val_tokens(self) -> np.ndarray:
+        return self.task.val_tokens
+
+    @val_tokens.setter
+    def val_tokens(self, tokens: np.ndarray) -> None:
+        self.task.val_tokens = tokens

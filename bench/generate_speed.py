@@ -48,7 +48,7 @@ SAMPLING = {
 
 def charlm_loop(generator: Generator, batch: int, tokens: int, seed: int, sampling: SampleConfig) -> float:
     started = time.perf_counter()
-    for _ in generator.stream_samples("\n", batch, tokens, sampling, seed=seed):
+    for _ in generator.generate("\n", tokens, num_samples=batch, config=sampling, seed=seed):
         pass
     return time.perf_counter() - started
 

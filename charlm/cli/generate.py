@@ -26,40 +26,7 @@ from charlm.hardware import (
     set_threads,
 )
 from charlm.inference.generate import MAX_SAMPLES, MAX_TOKENS, Generator, check_counts
-
-MAX_PROMPT_BYTES = 16 << 20  # --prompt-file; the prompt is primed in windows, but held whole
-
-
-def _read_prompt_file(path: Path) -> str:
-    """The text of --prompt-file: UTF-8, at most MAX_PROMPT_BYTES (so /dev/zero cannot run
-    the machine out of memory; a pipe such as <(command) is fine)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PROMPT_BYTES + 1)
-    except FileNotFoundError:
-        raise CharlmError(f"--prompt-file: no such file: {path}") from None
-    except IsADirectoryError:
-        raise CharlmError(f"--prompt-file: {path} is a folder; give a text file") from None
-    except OSError as exc:
-        raise CharlmError(f"--prompt-file: {path} cannot be read ({exc.strerror})") from None
-    if len(data) > MAX_PROMPT_BYTES:
-        raise CharlmError(
-            f"--prompt-file: {path} is larger than {MAX_PROMPT_BYTES >> 20} MiB, the most a prompt may be; "
-            "give the end of it"
-        )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CharlmError(f"--prompt-file: {path} is not UTF-8 (byte {exc.start}); convert it") from None
-
-
-def _require_utf8(text: str, option: str, what: str) -> None:
-    """Refuse an argument that is not Unicode text: bytes that are not UTF-8 in the command
-    line arrive as lone surrogates, which no tokenizer can encode."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CharlmError(f"{option}: character {exc.start} is not valid UTF-8; give {what} as UTF-8 text") from None
+from charlm.text.inputs import MAX_PROMPT_BYTES, read_prompt_file, require_utf8
 
 
 def _show_char(ch: str) -> str:
@@ -117,8 +84,8 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
     if prompt_file is not None:
         if prompt:
             raise CharlmError("give --prompt or --prompt-file, not both")
-        prompt = _read_prompt_file(prompt_file)
-    _require_utf8(prompt, "--prompt", "the prompt")
+        prompt = read_prompt_file(prompt_file)
+    require_utf8(prompt, "--prompt", "the prompt")
     check_counts(num_samples, max_tokens)  # before loading the model; its memory is checked after
     if threads is not None and threads < 1:
         raise CharlmError(f"--threads must be at least 1 (got {threads})")
@@ -128,27 +95,26 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
     if any(not s for s in stops):
         raise CharlmError("--stop needs some text")
     for text in stops:
-        _require_utf8(text, "--stop", "the stop text")
+        require_utf8(text, "--stop", "the stop text")
 
     torch_device = resolve_device(device)
     set_threads(threads)
     generator = Generator(run, device=torch_device, checkpoint=checkpoint)
-    generator.check_limits(num_samples, max_tokens)  # before anything is printed
+    if seed is None:
+        seed = int(torch.seed() % (1 << 31))
+    # the batch's memory is checked here, before anything is printed; the text is made below
+    result = generator.generate(prompt, max_tokens, num_samples=num_samples, config=sample_config, seed=seed,
+                                stop=stops)
     unknown = generator.unknown_in_prompt(prompt)
     if unknown:
         shown = ", ".join(_show_char(ch) for ch in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         console.warn(f"the model never saw {len(unknown)} prompt character(s): {shown}; they are left out")
-    if seed is None:
-        seed = int(torch.seed() % (1 << 31))
     console.note(f"{generator.checkpoint} checkpoint of {run}; seed {seed}")
 
-    chunks = generator.stream_samples(prompt, num_samples, max_tokens, sample_config, seed, stops)
     if as_json:
-        for _ in chunks:
-            pass
-        for index, result in enumerate(generator.last_results):
-            record = {"sample": index, "prompt": prompt, "text": result.text, "tokens": result.tokens,
-                      "finish": result.finish, "seed": seed}
+        for index, sample in enumerate(result.samples):
+            record = {"sample": index, "prompt": prompt, "text": sample.text, "tokens": sample.tokens,
+                      "finish": sample.finish, "seed": seed}
             Console.write_text(json.dumps(record, ensure_ascii=False) + "\n")
         return
 
@@ -158,12 +124,10 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
             Console.write_text(("\n" if index else "") + f"--- sample {index + 1} of {num_samples} ---\n")
         Console.write_text(prompt)
         if index == 0:
-            for sample, text in chunks:
+            for sample, text in result:
                 if sample == 0:
                     Console.write_text(text)
         else:
-            Console.write_text(generator.last_results[index].text)
-        if not (prompt + generator.last_results[index].text).endswith("\n"):
+            Console.write_text(result.samples[index].text)
+        if not (prompt + result.samples[index].text).endswith("\n"):
             Console.write_text("\n")
-
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -26,9 +25,7 @@ from charlm.hardware import (
 )
 from charlm.inference.scorer import Scorer
 from charlm.inference.scoring import DEFAULT_LANES, DEFAULT_WINDOW
-from charlm.text.sources import newline_chunks, resolve_source
-
-MAX_STDIN_BYTES = 1 << 30  # perplexity --data -: so an endless pipe (< /dev/zero) ends with an error
+from charlm.text.inputs import read_data, read_data_lines
 
 
 @click.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
@@ -68,8 +65,8 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
     precision = resolve_precision(precision, torch_device)
     set_threads(threads)
     # the text first: a mistake in --data is reported before the model is loaded
-    lines = _read_lines(data, field, encoding_errors) if per_line else None
-    chunks = _read_text(data, encoding_errors) if data is not None and not per_line else None
+    lines = read_data_lines(data, field, encoding_errors) if per_line else None
+    chunks = read_data(data, encoding_errors) if data is not None and not per_line else None
     if chunks is not None and not any(chunks):
         raise CharlmError(f"--data {data}: nothing to score, the text is empty; give some text")
     scorer = Scorer(run, device=torch_device, precision=precision, checkpoint=checkpoint, lanes=lanes, window=window)
@@ -78,7 +75,7 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
     if lines is not None:
         scores = scorer.score_lines([text for _, text in lines])
         if as_json:
-            for (number, text), score in zip(lines, scores):
+            for (number, _), score in zip(lines, scores, strict=True):
                 Console.write_text(json.dumps({"line": number, **score.to_dict()}, allow_nan=False) + "\n")
         else:
             print_line_scores(lines, scores)
@@ -106,59 +103,3 @@ def _warn_unknown(console: Console, unknown: int) -> None:
     if unknown:
         console.warn(f"{unknown:,} character(s) are not in the model's vocabulary; they were scored as the "
                      "unknown symbol, which the model never predicts well")
-
-
-def _read_text(data: str, errors: str) -> list[str]:
-    """The text of --data as chunks cut at newlines (a file, a folder, or - for stdin)."""
-    if data == "-":
-        raw = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
-        if len(raw) > MAX_STDIN_BYTES:
-            raise CharlmError(
-                f"stdin gave more than {MAX_STDIN_BYTES >> 30} GiB, the most --data - reads; "
-                "save the text to a file and pass --data FILE"
-            )
-        try:
-            text = raw.decode("utf-8", errors=errors)
-        except UnicodeDecodeError as exc:
-            raise CharlmError(f"stdin: byte {exc.start} is not valid UTF-8; pass --encoding-errors replace") from None
-        return [text]
-    source = resolve_source(data, "--data")
-    return list(newline_chunks(source.iter_text(errors)))
-
-
-def _read_lines(data: str, field: Optional[str], errors: str) -> list[tuple[int, str]]:
-    """(line number, text) for each line of --data; with --field, that field of each JSON line."""
-    text = "".join(_read_text(data, errors))
-    where = "--data -" if data == "-" else f"--data {data}"
-    lines = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line[:-1] if line.endswith("\r") else line
-        if field:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                value = record[field]
-            except (ValueError, KeyError, TypeError, IndexError, RecursionError):
-                raise CharlmError(
-                    f"{where} line {number} is not a JSON object with a {field!r} field; "
-                    "give one JSON object per line, or leave out --field"
-                ) from None
-            if not isinstance(value, str):
-                raise CharlmError(f"{where} line {number}: field {field!r} is not text")
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:  # a "\ud800" escape in the JSON
-                raise CharlmError(
-                    f"{where} line {number}: field {field!r} is not valid Unicode: character {exc.start} is "
-                    f"U+{ord(value[exc.start]):04X}, a lone surrogate (a \\u escape in the JSON); give UTF-8 text"
-                ) from None
-            line = value
-        lines.append((number, line))
-    if lines and lines[-1][1] == "" and text.endswith("\n") and not field:
-        lines.pop()  # the final newline ends the last line; it does not start another
-    if not any(line for _, line in lines):
-        raise CharlmError("nothing to score: --data has no text")
-    return lines
-
-

@@ -42,6 +42,7 @@ from charlm.hardware import (
 )
 from charlm.inference.generate import Generator
 from charlm.runs.directory import RunDirectory
+from charlm.runs.open import open_run
 from charlm.tasks.lanes import require_tokens
 from charlm.text.corpora import DEFAULT_CORPUS, resolve_default_corpus
 from charlm.text.corpus import prepare_corpus
@@ -383,10 +384,11 @@ def _train(
         console.info(f"checkpoint saved; continue with: {_resume_hint(world, run_dir.path)}")
         return EXIT_INTERRUPTED
     if train_config.sample_length > 0 and world.is_main:
-        model, which = run_dir.load_model("auto", device=device)
-        console.heading(f"sample from the {which} checkpoint:")
-        generator = Generator(model, corpus.tokenizer, device)
-        for text in generator.stream("", train_config.sample_length, SampleConfig(), seed=train_config.seed):
+        opened = open_run(run_dir.path, "auto", device)
+        console.heading(f"sample from the {opened.checkpoint} checkpoint:")
+        generator = Generator(opened.model, opened.tokenizer, device)
+        sample = generator.generate("", train_config.sample_length, config=SampleConfig(), seed=train_config.seed)
+        for _, text in sample:
             console.write_text(text)
         console.write_text("\n")
     return 0

@@ -1,8 +1,14 @@
 """Generator: prime a model on a prompt, then sample token by token.
 
     gen = Generator("runs/mine")                      # or Generator(model, tokenizer)
-    for text in gen.stream("ROMEO:", max_tokens=300, config=SampleConfig(temperature=0.8)):
+    result = gen.generate("ROMEO:", max_tokens=300, config=SampleConfig(temperature=0.8))
+    for index, text in result:                        # (sample index, text) as it is made
         print(text, end="", flush=True)
+    result.samples                                    # [SampleResult(text, tokens, finish)]
+
+Each call returns its own Generation, so callers sharing one Generator (threads, a server)
+never see each other's samples. Its limits are checked when the call is made, before
+anything streams; the sampling itself runs as the result is read.
 
 The prompt goes through nn.LSTM/GRU/RNN in a few calls (the fused kernel, PRIME_WINDOW time
 steps at a time, so a long prompt never holds logits for all of it); the tokens after it come
@@ -23,6 +29,7 @@ sample keeps) exceeds what the machine has free is refused before it starts.
 from __future__ import annotations
 
 import io
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -30,17 +37,18 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 
 from charlm.config import SampleConfig
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, check
 from charlm.hardware import available_memory, require_memory
 from charlm.inference.sampling import next_token
 from charlm.inference.stepper import Stepper
 from charlm.inference.utf8 import Utf8Guard, needs_guard
 from charlm.models.rnnlm import RNNLM
 from charlm.models.state import expand_lanes, tensor_count
+from charlm.runs.open import open_run
 from charlm.text.tokenizer import StreamDecoder, Tokenizer, context_token_id
 
 # Ten million tokens is hours of sampling on a CPU and tens of MB of text per sample, all of
-# which is kept (for --json, for the samples printed after the first, for last_results).
+# which is kept (for --json, for the samples printed after the first, for result.samples).
 MAX_TOKENS = 10_000_000
 # The sampling loop visits every sample in Python at each step; past this it crawls.
 MAX_SAMPLES = 1_000_000
@@ -49,17 +57,12 @@ PRIME_WINDOW = 4096  # prompt tokens per forward pass while priming
 
 def check_counts(num_samples: int, max_tokens: int) -> None:
     """Refuse sample and token counts outside the fixed limits (memory is checked apart)."""
-    if num_samples < 1:
-        raise CharlmError(f"--num-samples must be at least 1 (got {num_samples})")
-    if num_samples > MAX_SAMPLES:
-        raise CharlmError(f"--num-samples must be at most {MAX_SAMPLES:,} (got {num_samples:,}); run it in parts")
-    if max_tokens < 0:
-        raise CharlmError(f"--max-tokens must be 0 or more (got {max_tokens})")
-    if max_tokens > MAX_TOKENS:
-        raise CharlmError(
-            f"--max-tokens must be at most {MAX_TOKENS:,} (got {max_tokens:,}); "
-            "for longer text, generate again with the end of this one as --prompt"
-        )
+    check(num_samples >= 1, "num_samples", f"must be at least 1 (got {num_samples})")
+    check(num_samples <= MAX_SAMPLES, "num_samples",
+          f"must be at most {MAX_SAMPLES:,} (got {num_samples:,}); run it in parts")  # fmt: skip
+    check(max_tokens >= 0, "max_tokens", f"must be 0 or more (got {max_tokens})")
+    check(max_tokens <= MAX_TOKENS, "max_tokens", f"must be at most {MAX_TOKENS:,} (got {max_tokens:,}); "
+          "for longer text, generate again with the end of this one as --prompt")  # fmt: skip
 
 
 class StopScanner:
@@ -94,11 +97,58 @@ class StopScanner:
         return text
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleResult:
     text: str
     tokens: int
     finish: str  # "stop" or "length"
+
+
+class Generation:
+    """The samples of one Generator.generate call.
+
+    Iterate it for (sample index, text) chunks as they are made (once: it is a stream).
+    `samples`, `texts` and `text` read the rest of the stream first if it is not done.
+    """
+
+    def __init__(self, chunks: Iterator[tuple[int, str]], num_samples: int, seed: int):
+        self._chunks = chunks  # a generator whose return value is the list of SampleResult
+        self._samples: Optional[list[SampleResult]] = None
+        self.num_samples = num_samples
+        self.seed = seed
+
+    def __iter__(self) -> Generation:
+        return self
+
+    def __next__(self) -> tuple[int, str]:
+        if self._samples is not None:
+            raise StopIteration
+        try:
+            return next(self._chunks)
+        except StopIteration as end:
+            self._samples = end.value
+            raise StopIteration from None
+
+    @property
+    def done(self) -> bool:
+        return self._samples is not None
+
+    @property
+    def samples(self) -> list[SampleResult]:
+        """Each sample's text, token count and finish reason ("stop" or "length")."""
+        for _ in self:
+            pass
+        assert self._samples is not None
+        return self._samples
+
+    @property
+    def texts(self) -> list[str]:
+        return [sample.text for sample in self.samples]
+
+    @property
+    def text(self) -> str:
+        """The text of sample 0 (the only one unless num_samples was given)."""
+        return self.samples[0].text
 
 
 class Generator:
@@ -112,12 +162,8 @@ class Generator:
         """source: a trained RNNLM (then pass its tokenizer) or the path of a run directory."""
         self.device = torch.device(device)
         if isinstance(source, (str, Path)):
-            from charlm.runs.directory import RunDirectory
-
-            run = RunDirectory(source)
-            config = run.read_config()
-            tokenizer = run.load_tokenizer(config)
-            source, self.checkpoint = run.load_model(checkpoint, device=self.device, config=config)
+            opened = open_run(source, checkpoint, self.device)
+            source, tokenizer, self.checkpoint = opened.model, opened.tokenizer, opened.checkpoint
         elif tokenizer is None:
             raise CharlmError("Generator(model, tokenizer): a model needs its tokenizer")
         else:
@@ -133,7 +179,6 @@ class Generator:
         token_bytes = tokenizer.token_bytes()
         self.guard = Utf8Guard(token_bytes, self.device) if needs_guard(token_bytes) else None
         self._token_bytes = token_bytes
-        self.last_results: list[SampleResult] = []
 
     # ----- prompt ---------------------------------------------------------------------
     def unknown_in_prompt(self, prompt: str) -> list[str]:
@@ -190,26 +235,36 @@ class Generator:
             )
 
     # ----- sampling -------------------------------------------------------------------
-    @torch.inference_mode()
-    def stream_samples(
+    def generate(
         self,
         prompt: str = "",
-        num_samples: int = 1,
         max_tokens: int = 200,
+        *,
+        num_samples: int = 1,
         config: Optional[SampleConfig] = None,
         seed: Optional[int] = None,
         stop: Union[str, Sequence[str]] = (),
-    ) -> Iterator[tuple[int, str]]:
-        """Yield (sample index, text) chunks as the B = num_samples samples are made together.
+    ) -> Generation:
+        """Continue prompt in B = num_samples samples, made together as one batch.
 
-        When it is done, `last_results` holds each sample's text, token count and why it ended.
+        The options and the batch's memory are checked now (CharlmError); the text is made
+        as the returned Generation is read. The prompt itself is not repeated in the text.
         """
         config = config or SampleConfig()
         config.validate()
         self.check_limits(num_samples, max_tokens)
-        B = num_samples
+        if seed is None:
+            seed = int(torch.seed() % (1 << 62))
+        chunks = self._sample(prompt, num_samples, max_tokens, config, seed, stop)
+        return Generation(chunks, num_samples, seed)
+
+    @torch.inference_mode()
+    def _sample(
+        self, prompt: str, B: int, max_tokens: int, config: SampleConfig, seed: int, stop: Union[str, Sequence[str]]
+    ) -> typing.Generator[tuple[int, str], None, list[SampleResult]]:
+        """Yield (sample index, text) chunks; return each sample's SampleResult."""
         rng = torch.Generator(device=self.device)
-        rng.manual_seed(seed if seed is not None else int(torch.seed() % (1 << 62)))
+        rng.manual_seed(seed)
 
         ids = torch.tensor([self._prompt_ids(prompt)], dtype=torch.long, device=self.device)  # (1, P)
         model_state = None
@@ -253,7 +308,7 @@ class Generator:
             last, state = self.stepper.step(tokens, state)
             last = last.float()
 
-        self.last_results = []
+        results = []
         for b in range(B):
             if not finished[b]:
                 # an unfinished multi-byte character at the very end is dropped, not replaced
@@ -261,41 +316,5 @@ class Generator:
                 if tail:
                     texts[b].write(tail)
                     yield b, tail
-            self.last_results.append(SampleResult(texts[b].getvalue(), counts[b], "stop" if finished[b] else "length"))
-
-    def stream(
-        self,
-        prompt: str = "",
-        max_tokens: int = 200,
-        config: Optional[SampleConfig] = None,
-        seed: Optional[int] = None,
-        stop: Union[str, Sequence[str]] = (),
-    ) -> Iterator[str]:
-        """Yield the continuation of prompt as it is made (the prompt itself is not repeated)."""
-        for _, text in self.stream_samples(prompt, 1, max_tokens, config, seed, stop):
-            yield text
-
-    def generate(
-        self,
-        prompt: str = "",
-        max_tokens: int = 200,
-        config: Optional[SampleConfig] = None,
-        seed: Optional[int] = None,
-        stop: Union[str, Sequence[str]] = (),
-    ) -> str:
-        """The continuation of prompt."""
-        return self.generate_samples(prompt, 1, max_tokens, config, seed, stop)[0]
-
-    def generate_samples(
-        self,
-        prompt: str = "",
-        num_samples: int = 1,
-        max_tokens: int = 200,
-        config: Optional[SampleConfig] = None,
-        seed: Optional[int] = None,
-        stop: Union[str, Sequence[str]] = (),
-    ) -> list[str]:
-        """num_samples continuations of prompt, made together as one batch."""
-        for _ in self.stream_samples(prompt, num_samples, max_tokens, config, seed, stop):
-            pass
-        return [r.text for r in self.last_results]
+            results.append(SampleResult(texts[b].getvalue(), counts[b], "stop" if finished[b] else "length"))
+        return results

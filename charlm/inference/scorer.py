@@ -16,8 +16,9 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, check
 from charlm.inference.scoring import DEFAULT_LANES, DEFAULT_WINDOW, Score, score_sequences, score_tokens
+from charlm.runs.open import open_run
 from charlm.text.sources import TextCounter
 from charlm.text.tokenizer import context_token_id
 
@@ -39,26 +40,22 @@ class Scorer:
         lanes: Optional[int] = None,
         window: int = DEFAULT_WINDOW,
     ):
-        """lanes None: the run's validation lanes (--eval-batch-size), so its figures match."""
-        from charlm.runs.directory import RunDirectory
-
+        """source: a trained RNNLM (then pass its tokenizer) or the path of a run directory.
+        lanes None: the run's validation lanes (--eval-batch-size), so its figures match."""
         self.run = None
         self.checkpoint = None
         if isinstance(source, (str, Path)):
-            self.run = RunDirectory(source)
-            self.config = self.run.read_config()
-            tokenizer = self.run.load_tokenizer(self.config)
-            source, self.checkpoint = self.run.load_model(checkpoint, device=device, config=self.config)
+            opened = open_run(source, checkpoint, device)
+            self.run, self.config, self.checkpoint = opened.run, opened.config, opened.checkpoint
+            source, tokenizer = opened.model, opened.tokenizer
             if lanes is None:
                 lanes = self.config.train.eval_batch_size
         elif tokenizer is None:
             raise CharlmError("Scorer(model, tokenizer): a model needs its tokenizer")
         if lanes is None:
             lanes = DEFAULT_LANES
-        if lanes < 1:
-            raise CharlmError(f"--lanes must be at least 1 (got {lanes})")
-        if window < 1:
-            raise CharlmError(f"--window must be at least 1 (got {window})")
+        check(lanes >= 1, "lanes", f"must be at least 1 (got {lanes})")
+        check(window >= 1, "window", f"must be at least 1 (got {window})")
         self.model = source.to(device).eval()
         self.tokenizer = tokenizer
         self.device = device

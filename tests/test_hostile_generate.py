@@ -166,7 +166,7 @@ def test_prompt_longer_than_a_priming_window_matches_one_pass(generator):
             logits, state = generator.model(torch.tensor([[token]]), state)
             expected = logits[0, -1]
     reference = generator.tokenizer.decode(out)
-    assert generator.generate(prompt, max_tokens=20, config=SampleConfig(temperature=0.0)) == reference
+    assert generator.generate(prompt, max_tokens=20, config=SampleConfig(temperature=0.0)).text == reference
 
 
 # ---------------------------------------------------------------------------------------
@@ -239,16 +239,15 @@ def test_batch_that_cannot_fit_names_the_memory_and_a_limit(run):
     assert "needs about" in line and "available" in line and "fit here" in line
 
 
-def test_library_refuses_the_same_counts_before_yielding(generator):
+def test_library_refuses_the_same_counts_when_called(generator):
     for num_samples, max_tokens, needle in [
-        (1, MAX_TOKENS + 1, "--max-tokens must be at most"),
-        (MAX_SAMPLES + 1, 1, "--num-samples must be at most"),
+        (1, MAX_TOKENS + 1, "max_tokens must be at most"),
+        (MAX_SAMPLES + 1, 1, "num_samples must be at most"),
         (MAX_SAMPLES, MAX_TOKENS, "needs about"),
-        (0, 1, "--num-samples must be at least 1"),
+        (0, 1, "num_samples must be at least 1"),
     ]:
-        chunks = generator.stream_samples("line", num_samples, max_tokens)
         with pytest.raises(CharlmError, match=needle):
-            next(chunks)
+            generator.generate("line", max_tokens, num_samples=num_samples)  # before any result exists
 
 
 def test_zero_tokens_prints_only_the_prompt(run):

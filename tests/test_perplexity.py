@@ -953,9 +953,9 @@ def test_cli_missing_run_dir_is_a_one_line_error(tmp_path):
 
 def test_scorer_rejects_bad_lanes_and_window_and_a_model_without_tokenizer():
     model = uniform_model(4)
-    with pytest.raises(CharlmError, match="--lanes"):
+    with pytest.raises(CharlmError, match="^lanes must be at least 1"):
         Scorer(model, alphabet_tokenizer(), lanes=0)
-    with pytest.raises(CharlmError, match="--window"):
+    with pytest.raises(CharlmError, match="^window must be at least 1"):
         Scorer(model, alphabet_tokenizer(), window=0)
     with pytest.raises(CharlmError):
         Scorer(model)

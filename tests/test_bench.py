@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, shared_file
+from helpers import REPO, shared_file
+
+pytestmark = pytest.mark.slow  # each test runs a benchmark script, most of them training
 
 
 def run_bench(script: str, tmp_path: Path, *args: str) -> dict:

@@ -21,7 +21,6 @@ so the file runs in well under two minutes on two CPU cores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,174 +28,30 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import REPO, shared_file
+from helpers import (
+    SAFE,
+    TINY,
+    TINY_MODEL,
+    Finished,
+    assert_user_error,
+    child_env,
+    end_event,
+    invoke,
+    kinds,
+    numbered_lines,
+    read_config,
+    read_events,
+    run_cli,
+    snapshot,
+    word_text,
+    write_text,
+)
 
 import charlm
-from charlm.cli import cli
-
-ERROR_PREFIX = "charlm: error:"
-
-# A small model and small batches: every training run here takes a second or two.
-TINY_MODEL = ["--hidden", "32", "--layers", "1", "--embed", "16", "--threads", "1",
-              "--sample-length", "50", "--eval-every", "10", "--log-every", "10"]  # fmt: skip
-TINY_BATCH = ["--batch-size", "4", "--seq-len", "16"]
-TINY = TINY_MODEL + TINY_BATCH
-# For runs that should fail before training: should one train after all, it stops at once.
-SAFE = TINY + ["--max-steps", "5"]
-
-# Environment variables that would make rich draw colours or a live display on a pipe.
-FORCE_TERMINAL_VARS = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
-
-
-# ---------------------------------------------------------------------------------------
-# helpers
-
-
-@dataclass
-class Finished:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def child_env(**overrides: str) -> dict[str, str]:
-    """os.environ (with the conftest's CHARLM_DATA_DIR and mirror address), minus anything
-    that would force terminal output or set training options behind the test's back."""
-    env = dict(os.environ)
-    for name in list(env):
-        if name in FORCE_TERMINAL_VARS or name.startswith("CHARLM_TRAIN_"):
-            del env[name]
-    env.update(overrides)
-    return env
-
-
-def run_cli(
-    *args: str,
-    how: str = "module",
-    env: Optional[dict[str, str]] = None,
-    cwd: Optional[Path] = None,
-    timeout: float = 180,
-) -> Finished:
-    """Run charlm in a subprocess; stdout and stderr are decoded strictly as UTF-8."""
-    if how == "module":
-        command = [sys.executable, "-m", "charlm", *args]
-    elif how == "shim":
-        assert args and args[0] == "train"
-        command = [sys.executable, "train.py", *args[1:]]
-        cwd = REPO
-    elif how == "script":
-        command = [console_script(), *args]
-    else:
-        raise ValueError(how)
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        env=env if env is not None else child_env(),
-        cwd=cwd or REPO,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return Finished(done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8"))
-
-
-def console_script() -> str:
-    found = shutil.which("charlm")
-    if found is None:
-        beside = Path(sys.executable).with_name("charlm")
-        if beside.is_file():
-            found = str(beside)
-    if found is None:
-        pytest.skip("the charlm console script is not installed (pip install -e .)")
-    return found
-
-
-def invoke(*args: str, env: Optional[dict[str, str]] = None):
-    """Run the CLI in this process with click's test runner (stdout and stderr kept apart)."""
-    return CliRunner().invoke(cli, list(args), prog_name="charlm", env=env)
-
-
-def read_events(run_dir: Path, strict: bool = True) -> list[dict]:
-    """metrics.jsonl as a list of dicts; strict: every line must be one JSON object."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            if strict:
-                raise AssertionError(f"metrics.jsonl line is not JSON: {line!r}")
-            continue  # the writer may be half way through this line
-        assert isinstance(event, dict), line
-        events.append(event)
-    return events
-
-
-def kinds(events: list[dict]) -> list[str]:
-    return [event["event"] for event in events]
-
-
-def end_event(run_dir: Path) -> dict:
-    ends = [event for event in read_events(run_dir) if event["event"] == "end"]
-    assert ends, f"no end event in {run_dir / 'metrics.jsonl'}"
-    return ends[-1]
-
-
-def read_config(run_dir: Path) -> dict:
-    return json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-
-
-def assert_user_error(returncode: int, stdout: str, stderr: str, *, alone: bool = True) -> str:
-    """A user error: non-zero exit, no traceback, nothing on stdout, and stderr ending with
-    exactly one "charlm: error: ..." line. alone: that line is all of stderr (errors found
-    before any work starts); otherwise progress notes of the work done so far may precede it.
-    Returns the error line."""
-    assert returncode != 0, f"exit status 0 for a user error; stderr:\n{stderr}"
-    assert "Traceback" not in stdout + stderr, stderr
-    assert stdout == "", f"stdout should be empty on an error, got {stdout!r}"
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if ERROR_PREFIX in line]
-    assert len(errors) == 1, f"expected one error line, got:\n{stderr}"
-    error = errors[0]
-    assert error.startswith(ERROR_PREFIX), error
-    assert error[len(ERROR_PREFIX):].strip(), "the error line has no message"
-    assert lines[-1] == error, f"the error line must come last:\n{stderr}"
-    if alone:
-        assert lines == [error], f"expected only the error line on stderr, got:\n{stderr}"
-    return error
-
-
-def assert_cli_error(result, *, alone: bool = True) -> str:
-    """assert_user_error for a CliRunner result; the CLI must end with sys.exit, not raise."""
-    assert isinstance(result.exception, SystemExit), (
-        f"the CLI raised {type(result.exception).__name__}: {result.exception!r}"
-    )
-    return assert_user_error(result.exit_code, result.stdout, result.stderr, alone=alone)
-
-
-def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
-    """sha256 and modification time of every file below folder."""
-    return {
-        str(path.relative_to(folder)): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
-def write_text_corpus(path: Path, lines: int = 120) -> Path:
-    """A small valid corpus (about 4,500 characters): plenty for --batch-size 4 --seq-len 16."""
-    text = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(lines))
-    path.write_text(text, encoding="utf-8")
-    return path
-
 
 # Valid UTF-8 except one byte 0xff at offset 1,202 on line 101.
 BAD_UTF8_OFFSET, BAD_UTF8_LINE = 1202, 101
@@ -209,33 +64,40 @@ BAD_UTF8 = b"hello world\n" * 100 + b"ab\xffcd\n" + b"the quick brown fox jumps 
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> tuple[Path, Finished]:
-    """One 30-step run on tiny Shakespeare (python -m charlm), shared read-only by the module:
-    tests that need an existing run copy it first."""
-    corpus = shared_file("tinyshakespeare.txt")
+    """One 30-step run on 40 KB of generated text in a real process (python -m charlm)."""
     root = tmp_path_factory.mktemp("base-run")
-    data_dir = root / "data"
-    env = child_env(
-        CHARLM_DATA_DIR=str(data_dir),
-        CHARLM_SHAKESPEARE_URL=(data_dir / "no-such-mirror" / "input.txt").as_uri(),
-    )
+    corpus = write_text(root / "corpus.txt", word_text(40_000))
     out = root / "run"
     done = run_cli("train", "--data", str(corpus), "--out", str(out), "--max-steps", "30", *TINY,
-                   env=env, cwd=root)  # fmt: skip
+                   env=child_env(data_dir=root / "data"), cwd=root)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return out, done
 
 
+@pytest.fixture(scope="module")
+def made_run(tmp_path_factory) -> Path:
+    """A 30-step run trained in this process, shared read-only: tests copy it first."""
+    root = tmp_path_factory.mktemp("made-run")
+    corpus = write_text(root / "corpus.txt", numbered_lines())
+    out = root / "run"
+    result = invoke("train", "--data", str(corpus), "--out", str(out), "--max-steps", "30", *TINY,
+                    env={"CHARLM_DATA_DIR": str(root / "data")})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.fixture
-def existing_run(base_run, tmp_path) -> Path:
+def existing_run(made_run, tmp_path) -> Path:
     """A private copy of the shared run (modification times kept)."""
     target = tmp_path / "existing"
-    shutil.copytree(base_run[0], target)
+    shutil.copytree(made_run, target)
     return target
 
 
 @pytest.fixture
 def small_corpus(tmp_path) -> Path:
-    return write_text_corpus(tmp_path / "small.txt")
+    """About 6,500 characters of numbered lines: plenty for --batch-size 4 --seq-len 16."""
+    return write_text(tmp_path / "small.txt", numbered_lines())
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,7 +118,8 @@ def check_finished_run(out: Path, done: Finished, steps: int) -> None:
     assert f"run directory: {out}" in done.stderr
 
 
-def test_train_end_to_end_on_a_real_corpus(base_run):
+@pytest.mark.slow
+def test_train_end_to_end_on_a_corpus_file(base_run):
     out, done = base_run
     check_finished_run(out, done, steps=30)
 
@@ -291,16 +154,18 @@ def test_train_end_to_end_on_a_real_corpus(base_run):
     assert any(line.startswith("sample from the") for line in err_lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["shim", "script"])
-def test_train_through_the_shim_and_the_console_script(how, shakespeare_path, tmp_path):
+def test_train_through_the_shim_and_the_console_script(how, small_corpus, tmp_path):
     out = tmp_path / "run"
-    done = run_cli("train", "--data", str(shakespeare_path), "--out", str(out), "--max-steps", "20", *TINY,
+    done = run_cli("train", "--data", str(small_corpus), "--out", str(out), "--max-steps", "20", *TINY,
                    how=how)  # fmt: skip
     check_finished_run(out, done, steps=20)
-    assert Path(read_config(out)["train"]["data"]).resolve() == shakespeare_path.resolve()
+    assert Path(read_config(out)["train"]["data"]).resolve() == small_corpus.resolve()
     assert "\x1b[" not in done.stderr
 
 
+@pytest.mark.slow
 def test_named_corpus_is_fetched_from_the_mirror_and_cached(shakespeare_mirror, isolated_data_dir, tmp_path):
     out = tmp_path / "run"
     done = run_cli("train", "--data", "shakespeare", "--out", str(out), "--max-steps", "20", *TINY)
@@ -314,6 +179,7 @@ def test_named_corpus_is_fetched_from_the_mirror_and_cached(shakespeare_mirror, 
     assert not list(isolated_data_dir.glob(".tinyshakespeare.txt.*")), "a temporary download was left behind"
 
 
+@pytest.mark.slow
 def test_default_corpus_falls_back_to_pystdlib_offline(isolated_data_dir, tmp_path):
     out = tmp_path / "run"
     done = run_cli("train", "--out", str(out), "--max-steps", "5", *TINY)
@@ -327,6 +193,7 @@ def test_default_corpus_falls_back_to_pystdlib_offline(isolated_data_dir, tmp_pa
     assert not list(isolated_data_dir.glob(".tinyshakespeare.txt.*")), "a failed download left a file behind"
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_corpus_uses_the_cache(small_corpus, tmp_path):
     args = ("train", "--data", str(small_corpus), "--max-steps", "3", *TINY, "--sample-length", "0")
     first = run_cli(*args, "--out", str(tmp_path / "one"))
@@ -345,9 +212,10 @@ def test_second_run_on_the_same_corpus_uses_the_cache(small_corpus, tmp_path):
 # resume, Ctrl-C, overwrite, environment
 
 
-def test_resume_continues_to_a_higher_max_steps(shakespeare_path, tmp_path):
+@pytest.mark.slow
+def test_resume_continues_to_a_higher_max_steps(small_corpus, tmp_path):
     out = tmp_path / "run"
-    first = run_cli("train", "--data", str(shakespeare_path), "--out", str(out), "--max-steps", "20", *TINY,
+    first = run_cli("train", "--data", str(small_corpus), "--out", str(out), "--max-steps", "20", *TINY,
                     "--sample-length", "0")  # fmt: skip
     assert first.returncode == 0, first.stderr
     assert end_event(out)["step"] == 20
@@ -369,6 +237,7 @@ def test_resume_continues_to_a_higher_max_steps(shakespeare_path, tmp_path):
     assert read_config(out)["model"] == json.loads(config_before)["model"]
 
 
+@pytest.mark.slow
 def test_resume_keeps_new_limits_and_refuses_a_finished_run(small_corpus, tmp_path):
     out = tmp_path / "run"
     first = run_cli("train", "--data", str(small_corpus), "--out", str(out), *SAFE, "--sample-length", "0")
@@ -379,7 +248,7 @@ def test_resume_keeps_new_limits_and_refuses_a_finished_run(small_corpus, tmp_pa
     weights = (out / "last" / "model.safetensors").read_bytes()
 
     third = run_cli("train", "--out", str(out), "--resume", "--threads", "1")
-    error = assert_user_error(third.returncode, third.stdout, third.stderr, alone=False)
+    error = assert_user_error(third, alone=False)
     assert "--max-steps" in error and "already reached" in error
     assert (out / "last" / "model.safetensors").read_bytes() == weights
     assert end_event(out)["step"] == 8
@@ -388,15 +257,16 @@ def test_resume_keeps_new_limits_and_refuses_a_finished_run(small_corpus, tmp_pa
 def test_resume_refuses_a_changed_model_option(existing_run):
     before = snapshot(existing_run)
     result = invoke("train", "--out", str(existing_run), "--resume", "--hidden", "64")
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "--hidden" in error
     assert snapshot(existing_run) == before
 
 
-def test_ctrl_c_checkpoints_and_the_run_resumes(shakespeare_path, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_the_run_resumes(small_corpus, tmp_path):
     out = tmp_path / "run"
     stdout_path, stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    command = [sys.executable, "-m", "charlm", "train", "--data", str(shakespeare_path), "--out", str(out),
+    command = [sys.executable, "-m", "charlm", "train", "--data", str(small_corpus), "--out", str(out),
                "--max-time", "60", *TINY, "--log-every", "5", "--eval-every", "50"]  # fmt: skip
     # files, not pipes: a chatty child must never block on a full pipe while we wait
     with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
@@ -437,9 +307,10 @@ def test_ctrl_c_checkpoints_and_the_run_resumes(shakespeare_path, tmp_path):
     assert resumed.stdout.strip()
 
 
-def test_overwrite_replaces_an_existing_run(existing_run, shakespeare_path):
+@pytest.mark.slow
+def test_overwrite_replaces_an_existing_run(existing_run, small_corpus):
     old_weights = (existing_run / "last" / "model.safetensors").read_bytes()
-    done = run_cli("train", "--data", str(shakespeare_path), "--out", str(existing_run), "--overwrite",
+    done = run_cli("train", "--data", str(small_corpus), "--out", str(existing_run), "--overwrite",
                    "--max-steps", "10", *TINY, "--hidden", "48", "--sample-length", "0")  # fmt: skip
     assert done.returncode == 0, done.stderr
     config = read_config(existing_run)
@@ -451,6 +322,7 @@ def test_overwrite_replaces_an_existing_run(existing_run, shakespeare_path):
     assert (existing_run / "last" / "model.safetensors").read_bytes() != old_weights
 
 
+@pytest.mark.slow
 def test_options_fall_back_to_environment_variables(small_corpus, tmp_path):
     out = tmp_path / "run"
     # --max-time: a safety net, so an ignored variable fails the test in seconds, not minutes
@@ -484,14 +356,14 @@ def test_options_fall_back_to_environment_variables(small_corpus, tmp_path):
 def test_bad_option_values(options, named, small_corpus, tmp_path):
     out = tmp_path / "run"
     result = invoke("train", "--data", str(small_corpus), "--out", str(out), *SAFE, *options)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert named in error
     assert not out.exists()
 
 
 def test_unknown_choice_is_a_usage_error(small_corpus, tmp_path):
     result = invoke("train", "--data", str(small_corpus), "--out", str(tmp_path / "run"), "--cell", "foo")
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert result.exit_code == 2
     assert "'foo'" in error and "lstm" in error
     assert "charlm train --help" in error
@@ -501,7 +373,7 @@ def test_unknown_choice_is_a_usage_error(small_corpus, tmp_path):
 def test_device_cuda_without_cuda(small_corpus, tmp_path):
     out = tmp_path / "run"
     result = invoke("train", "--data", str(small_corpus), "--out", str(out), *SAFE, "--device", "cuda")
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "--device cuda" in error and "CUDA" in error
     assert not out.exists()
 
@@ -510,7 +382,7 @@ def test_missing_data_path(tmp_path):
     out = tmp_path / "run"
     missing = tmp_path / "no-such-file.txt"
     result = invoke("train", "--data", str(missing), "--out", str(out), *SAFE)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "--data" in error and str(missing) in error
     assert not out.exists()
 
@@ -525,7 +397,7 @@ def test_corpus_without_text(content, expected, tmp_path):
     corpus.write_bytes(content)
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE)
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert expected in error and str(corpus) in error
     assert not out.exists()
 
@@ -537,7 +409,7 @@ def test_corpus_too_small_for_the_batch(batch, seq, need, tmp_path):
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *TINY_MODEL,
                     "--batch-size", str(batch), "--seq-len", str(seq), "--max-steps", "5")  # fmt: skip
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert need in error, error
     assert "--batch-size" in error and "--seq-len" in error
     assert not out.exists(), f"a failed run left a run directory behind: {sorted(os.listdir(out))}"
@@ -549,7 +421,7 @@ def test_corpus_too_small_leaves_an_existing_run_alone(existing_run, tmp_path):
     before = snapshot(existing_run)
     result = invoke("train", "--data", str(corpus), "--out", str(existing_run), "--overwrite", *TINY_MODEL,
                     "--batch-size", "64", "--seq-len", "128", "--max-steps", "5")  # fmt: skip
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert "8,193" in error
     assert snapshot(existing_run) == before, "--overwrite destroyed the old run although the new one cannot start"
 
@@ -559,13 +431,14 @@ def test_invalid_utf8_names_the_byte_and_line(tmp_path):
     corpus.write_bytes(BAD_UTF8)
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE)
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert str(corpus) in error
     assert f"byte {BAD_UTF8_OFFSET}" in error and f"line {BAD_UTF8_LINE}" in error
     assert "--encoding-errors" in error
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_encoding_errors_replace_trains_on_the_same_file(tmp_path):
     corpus = tmp_path / "latin1.txt"
     corpus.write_bytes(BAD_UTF8)
@@ -578,12 +451,12 @@ def test_encoding_errors_replace_trains_on_the_same_file(tmp_path):
     assert read_config(out)["train"]["encoding_errors"] == "replace"
 
 
-def test_out_holding_a_run_needs_resume_or_overwrite(existing_run, shakespeare_path):
+def test_out_holding_a_run_needs_resume_or_overwrite(existing_run, small_corpus):
     config_bytes = (existing_run / "config.json").read_bytes()
     weights_mtime = (existing_run / "last" / "model.safetensors").stat().st_mtime_ns
     before = snapshot(existing_run)
-    result = invoke("train", "--data", str(shakespeare_path), "--out", str(existing_run), *SAFE)
-    error = assert_cli_error(result, alone=False)
+    result = invoke("train", "--data", str(small_corpus), "--out", str(existing_run), *SAFE)
+    error = assert_user_error(result, alone=False)
     assert "--resume" in error and "--overwrite" in error
     assert (existing_run / "config.json").read_bytes() == config_bytes
     assert (existing_run / "last" / "model.safetensors").stat().st_mtime_ns == weights_mtime
@@ -595,7 +468,7 @@ def test_out_not_empty_and_not_a_run(small_corpus, tmp_path):
     out.mkdir()
     (out / "todo.txt").write_text("keep me\n", encoding="utf-8")
     result = invoke("train", "--data", str(small_corpus), "--out", str(out), *SAFE)
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert str(out) in error and "not a charlm run" in error
     assert sorted(p.name for p in out.iterdir()) == ["todo.txt"]
     assert (out / "todo.txt").read_text(encoding="utf-8") == "keep me\n"
@@ -605,7 +478,7 @@ def test_out_is_a_file(small_corpus, tmp_path):
     out = tmp_path / "file.txt"
     out.write_text("x\n", encoding="utf-8")
     result = invoke("train", "--data", str(small_corpus), "--out", str(out), *SAFE)
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert str(out) in error
     assert out.read_text(encoding="utf-8") == "x\n"
 
@@ -616,7 +489,7 @@ def test_resume_without_a_run(exists, tmp_path):
     if exists:
         out.mkdir()
     result = invoke("train", "--out", str(out), "--resume", "--max-steps", "5")
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "--resume" in error and str(out) in error
     assert out.exists() == exists
     if exists:
@@ -625,18 +498,19 @@ def test_resume_without_a_run(exists, tmp_path):
 
 def test_resume_without_out():
     result = invoke("train", "--resume", "--max-steps", "5")
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "--resume" in error and "--out" in error
 
 
 def test_resume_with_overwrite(existing_run):
     before = snapshot(existing_run)
     result = invoke("train", "--out", str(existing_run), "--resume", "--overwrite")
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "--resume" in error and "--overwrite" in error
     assert snapshot(existing_run) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind",
     ["option", "corpus"],
@@ -645,15 +519,15 @@ def test_user_errors_in_a_real_process(kind, tmp_path):
     """The same contract where it matters most: a real process, its exit status, its stderr."""
     out = tmp_path / "run"
     if kind == "option":
-        corpus = write_text_corpus(tmp_path / "ok.txt")
+        corpus = write_text(tmp_path / "ok.txt", numbered_lines())
         done = run_cli("train", "--data", str(corpus), "--out", str(out), *SAFE, "--dropout", "1.5")
-        error = assert_user_error(done.returncode, done.stdout, done.stderr)
+        error = assert_user_error(done)
         assert "--dropout" in error
     else:
         corpus = tmp_path / "empty.txt"
         corpus.write_bytes(b"")
         done = run_cli("train", "--data", str(corpus), "--out", str(out), *SAFE)
-        error = assert_user_error(done.returncode, done.stdout, done.stderr, alone=False)
+        error = assert_user_error(done, alone=False)
         assert "is empty" in error
     assert done.returncode == 1
     assert not out.exists()
@@ -671,6 +545,7 @@ def test_version(flag):
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_no_arguments_prints_the_help():
     done = run_cli(how="script")
     assert done.returncode == 0, done.stderr

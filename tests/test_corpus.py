@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_file
+from helpers import entries, shared_file, write_text
 
 import charlm.text.sources as sources
 from charlm.errors import CharlmError
@@ -47,22 +47,12 @@ def mixed_text(lines: int = 600, seed: int = 0) -> str:
     return "\n".join(out) + "\n"
 
 
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text.encode("utf-8"))
-    return path
-
-
 def decode_split(prep, name: str) -> str:
     return prep.tokenizer.decode(np.asarray(prep.splits[name], dtype=np.int64))
 
 
 def decode_all(prep) -> str:
     return "".join(decode_split(prep, name) for name in SPLITS)
-
-
-def cache_entries(root: Path) -> list[str]:
-    return sorted(os.listdir(root)) if root.exists() else []
 
 
 # ---------------------------------------------------------------------------------------
@@ -74,7 +64,7 @@ def test_splits_are_cut_in_characters_at_the_end(tmp_path, test_fraction):
     text = mixed_text(400)
     n = len(text)
     assert len(text.encode("utf-8")) > n  # characters and bytes differ: the cut is in characters
-    path = write(tmp_path / "corpus.txt", text)
+    path = write_text(tmp_path / "corpus.txt", text)
     prep = prepare_corpus(str(path), val_fraction=0.1, test_fraction=test_fraction, tokenizer="char")
 
     n_val, n_test = int(n * 0.1), int(n * test_fraction)
@@ -93,7 +83,7 @@ def test_splits_are_cut_in_characters_at_the_end(tmp_path, test_fraction):
 
 
 def test_fractions_that_leave_no_training_text_are_an_error(tmp_path):
-    path = write(tmp_path / "c.txt", "some text here\n")
+    path = write_text(tmp_path / "c.txt", "some text here\n")
     with pytest.raises(CharlmError, match="no training text"):
         prepare_corpus(str(path), val_fraction=0.6, test_fraction=0.4)
 
@@ -107,7 +97,7 @@ def test_fractions_that_leave_no_training_text_are_an_error(tmp_path):
     [("char", np.uint8), ("byte", np.uint8), ("sentencepiece", np.uint16)],
 )
 def test_token_files_use_the_smallest_dtype_and_are_memory_mapped(tmp_path, tokenizer, dtype):
-    path = write(tmp_path / "corpus.txt", mixed_text(300))
+    path = write_text(tmp_path / "corpus.txt", mixed_text(300))
     prep = prepare_corpus(str(path), tokenizer=tokenizer, vocab_size=400)
     if tokenizer == "sentencepiece":
         assert 256 < prep.tokenizer.vocab_size <= 400
@@ -125,7 +115,7 @@ def test_token_files_use_the_smallest_dtype_and_are_memory_mapped(tmp_path, toke
 
 
 def test_second_call_comes_from_the_cache(tmp_path):
-    path = write(tmp_path / "corpus.txt", mixed_text(200))
+    path = write_text(tmp_path / "corpus.txt", mixed_text(200))
     first = prepare_corpus(str(path), tokenizer="char")
     stages: list[str] = []
     second = prepare_corpus(str(path), tokenizer="char", on_stage=stages.append)
@@ -140,7 +130,7 @@ def test_second_call_comes_from_the_cache(tmp_path):
 
 
 def test_a_touched_file_is_encoded_again(tmp_path):
-    path = write(tmp_path / "corpus.txt", mixed_text(200))
+    path = write_text(tmp_path / "corpus.txt", mixed_text(200))
     st = path.stat()
     first = prepare_corpus(str(path), tokenizer="char")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # same bytes, new mtime
@@ -151,10 +141,10 @@ def test_a_touched_file_is_encoded_again(tmp_path):
 
 
 def test_a_changed_file_is_encoded_again(tmp_path):
-    path = write(tmp_path / "corpus.txt", mixed_text(200))
+    path = write_text(tmp_path / "corpus.txt", mixed_text(200))
     first = prepare_corpus(str(path), tokenizer="char")
     new_text = mixed_text(250, seed=9)
-    write(path, new_text)
+    write_text(path, new_text)
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     again = prepare_corpus(str(path), tokenizer="char")
@@ -164,7 +154,7 @@ def test_a_changed_file_is_encoded_again(tmp_path):
 
 
 def test_a_different_tokenizer_uses_a_different_cache_folder(tmp_path):
-    path = write(tmp_path / "corpus.txt", mixed_text(200))
+    path = write_text(tmp_path / "corpus.txt", mixed_text(200))
     char = prepare_corpus(str(path), tokenizer="char")
     byte = prepare_corpus(str(path), tokenizer="byte")
     spm = prepare_corpus(str(path), tokenizer="sentencepiece", vocab_size=400)
@@ -186,7 +176,7 @@ def _straddles(data: bytes, block: int) -> bool:
 @pytest.mark.parametrize("tokenizer", ["char", "byte", "sentencepiece"])
 def test_small_read_chunks_give_the_same_result(tmp_path, monkeypatch, tokenizer):
     text = mixed_text(700)
-    path = write(tmp_path / "corpus.txt", text)
+    path = write_text(tmp_path / "corpus.txt", text)
     assert _straddles(text.encode("utf-8"), 1000)
 
     reference = prepare_corpus(str(path), tokenizer=tokenizer, vocab_size=400, cache_root=tmp_path / "big")
@@ -213,7 +203,7 @@ def test_sentencepiece_tokens_equal_encoding_the_whole_text(tmp_path, monkeypatc
     else:
         text = shared_file("tinyshakespeare.txt").read_text(encoding="utf-8")[:40000]
         text += "Ünïcödé wörds, naïve café; Привет мир, как дела?\n" * 30
-    path = write(tmp_path / "corpus.txt", text)
+    path = write_text(tmp_path / "corpus.txt", text)
     monkeypatch.setattr(sources, "READ_CHUNK_BYTES", 1000)
     prep = prepare_corpus(str(path), tokenizer="sentencepiece", vocab_size=400)
     tok = prep.tokenizer
@@ -224,7 +214,7 @@ def test_sentencepiece_tokens_equal_encoding_the_whole_text(tmp_path, monkeypatc
 
 def test_iter_text_yields_the_file_text_for_any_block_size(tmp_path, monkeypatch):
     text = mixed_text(100)
-    path = write(tmp_path / "t.txt", text)
+    path = write_text(tmp_path / "t.txt", text)
     source = resolve_source(str(path))
     for block in (1, 2, 3, 7, 4096):
         monkeypatch.setattr(sources, "READ_CHUNK_BYTES", block)
@@ -241,13 +231,13 @@ def test_iter_text_yields_the_file_text_for_any_block_size(tmp_path, monkeypatch
 
 def test_folder_corpus(tmp_path):
     root = tmp_path / "texts"
-    write(root / "b.txt", "second file\n")
-    write(root / "a.txt", "first file without newline")
-    write(root / "sub" / "c.txt", "in a subfolder 日本\n")
-    write(root / "sub" / "deeper" / "d.md", "deepest ✓\n")
-    write(root / "z.py", "print('last')\n")
-    write(root / ".hidden.txt", "HIDDEN FILE\n")
-    write(root / ".git" / "config", "HIDDEN FOLDER\n")
+    write_text(root / "b.txt", "second file\n")
+    write_text(root / "a.txt", "first file without newline")
+    write_text(root / "sub" / "c.txt", "in a subfolder 日本\n")
+    write_text(root / "sub" / "deeper" / "d.md", "deepest ✓\n")
+    write_text(root / "z.py", "print('last')\n")
+    write_text(root / ".hidden.txt", "HIDDEN FILE\n")
+    write_text(root / ".git" / "config", "HIDDEN FOLDER\n")
     (root / "image.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
 
     source = resolve_source(str(root))
@@ -268,9 +258,9 @@ def test_separate_val_and_test_files_are_used_as_given(tmp_path):
     main_text = mixed_text(200, seed=1)
     val_text = mixed_text(30, seed=2)
     test_text = mixed_text(20, seed=3)
-    main = write(tmp_path / "main.txt", main_text)
-    val = write(tmp_path / "val.txt", val_text)
-    test = write(tmp_path / "test.txt", test_text)
+    main = write_text(tmp_path / "main.txt", main_text)
+    val = write_text(tmp_path / "val.txt", val_text)
+    test = write_text(tmp_path / "test.txt", test_text)
     prep = prepare_corpus(str(main), val_data=str(val), test_data=str(test), val_fraction=0.3, test_fraction=0.2)
     assert prep.chars == {"train": len(main_text), "val": len(val_text), "test": len(test_text)}
     tok = prep.tokenizer
@@ -288,7 +278,7 @@ def test_unknown_characters_in_val_are_noted_and_encoded_as_unknown(tmp_path):
     val = ("Zebra 日本 ok\n" * 20)[:120]
     text = train + val
     assert int(len(text) * 0.1) == len(val)
-    path = write(tmp_path / "c.txt", text)
+    path = write_text(tmp_path / "c.txt", text)
     prep = prepare_corpus(str(path), val_fraction=0.1, tokenizer="char")
     seen = set(train)
     unknown_positions = [i for i, c in enumerate(val) if c not in seen]
@@ -305,7 +295,7 @@ def test_unknown_characters_in_val_are_noted_and_encoded_as_unknown(tmp_path):
 
 
 def test_no_unknown_note_when_val_is_covered(tmp_path):
-    path = write(tmp_path / "c.txt", "abc abc abc\n" * 50)
+    path = write_text(tmp_path / "c.txt", "abc abc abc\n" * 50)
     prep = prepare_corpus(str(path), tokenizer="char")
     assert not any("never occur" in n for n in prep.notes)
     assert not np.any(np.asarray(prep.splits["val"]) == 0)
@@ -324,14 +314,14 @@ def test_empty_file_is_an_error(tmp_path):
 
 
 def test_whitespace_only_file_is_an_error(tmp_path):
-    path = write(tmp_path / "blank.txt", "  \n\t\n\r\n   \n")
+    path = write_text(tmp_path / "blank.txt", "  \n\t\n\r\n   \n")
     with pytest.raises(CharlmError, match="whitespace") as info:
         prepare_corpus(str(path))
     assert str(path) in str(info.value)
 
 
 def test_empty_val_file_is_an_error_naming_the_option(tmp_path):
-    main = write(tmp_path / "main.txt", "real text\n" * 10)
+    main = write_text(tmp_path / "main.txt", "real text\n" * 10)
     val = tmp_path / "val.txt"
     val.write_bytes(b"")
     with pytest.raises(CharlmError, match="--val-data"):
@@ -354,7 +344,7 @@ def test_folder_without_text_files_is_an_error(tmp_path, contents):
     root.mkdir()
     if contents == "binary-and-hidden":
         (root / "data.bin").write_bytes(b"\x00\x01\x02text")
-        write(root / ".notes.txt", "hidden text\n")
+        write_text(root / ".notes.txt", "hidden text\n")
     with pytest.raises(CharlmError, match="no text files") as info:
         prepare_corpus(str(root))
     assert str(root) in str(info.value)
@@ -412,13 +402,13 @@ def test_invalid_utf8_late_in_the_file_leaves_no_cache_folder(tmp_path, monkeypa
     cache = tmp_path / "cache"
     with pytest.raises(CharlmError, match="UTF-8"):
         prepare_corpus(str(path), cache_root=cache)
-    assert cache_entries(cache) == []
+    assert entries(cache) == []
 
 
 @pytest.mark.parametrize("failure", ["file-damaged-while-encoding", "interrupted"])
 def test_a_failed_encode_leaves_no_cache_folder(tmp_path, failure):
     text = mixed_text(300)
-    path = write(tmp_path / "c.txt", text)
+    path = write_text(tmp_path / "c.txt", text)
     cache = tmp_path / "cache"
 
     def on_stage(message: str) -> None:
@@ -431,12 +421,12 @@ def test_a_failed_encode_leaves_no_cache_folder(tmp_path, failure):
     expected = KeyboardInterrupt if failure == "interrupted" else CharlmError
     with pytest.raises(expected):
         prepare_corpus(str(path), cache_root=cache, on_stage=on_stage)
-    assert cache_entries(cache) == []  # neither the final folder nor a hidden work folder
+    assert entries(cache) == []  # neither the final folder nor a hidden work folder
 
-    write(path, text)
+    write_text(path, text)
     prep = prepare_corpus(str(path), cache_root=cache)
     assert prep.from_cache is False and decode_all(prep) == text
-    assert cache_entries(cache) == [prep.cache_dir.name]
+    assert entries(cache) == [prep.cache_dir.name]
 
 
 # ---------------------------------------------------------------------------------------
@@ -466,7 +456,7 @@ def test_named_shakespeare_corpus_resolves_through_the_mirror(shakespeare_mirror
 
 
 def test_fetch_from_a_wrong_mirror_fails_and_keeps_nothing(tmp_path, monkeypatch, isolated_data_dir):
-    wrong = write(tmp_path / "mirror" / "input.txt", "To be or not to be, but not the real file.\n")
+    wrong = write_text(tmp_path / "mirror" / "input.txt", "To be or not to be, but not the real file.\n")
     monkeypatch.setenv(SHAKESPEARE.url_env, wrong.as_uri())
     with pytest.raises(CharlmError, match="sha256") as info:
         fetch(SHAKESPEARE)
@@ -494,8 +484,8 @@ def test_pystdlib_is_the_python_standard_library(tmp_path, monkeypatch):
 
 
 def test_text_source_adds_newlines_only_between_files(tmp_path):
-    a = write(tmp_path / "a.txt", "no newline")
-    b = write(tmp_path / "b.txt", "ends with one\n")
-    c = write(tmp_path / "c.txt", "last, no newline")
+    a = write_text(tmp_path / "a.txt", "no newline")
+    b = write_text(tmp_path / "b.txt", "ends with one\n")
+    c = write_text(tmp_path / "c.txt", "last, no newline")
     source = TextSource(label="abc", files=[a, b, c])
     assert "".join(source.iter_text()) == "no newline\nends with one\nlast, no newline"

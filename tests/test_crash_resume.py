@@ -16,19 +16,30 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import (
+    assert_user_error,
+    charlm_command,
+    checkpoint_weights,
+    child_env,
+    file_size_limit,
+    hidden_entries,
+    read_events,
+    run_cli,
+    word_text,
+    write_text,
+)
 
 from charlm.runs.directory import BEST, LAST, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, RunDirectory
+
+pytestmark = pytest.mark.slow  # every test here runs real training processes, several times over
 
 STEPS = 300
 TRAIN_OPTIONS = [
@@ -37,57 +48,30 @@ TRAIN_OPTIONS = [
     "--max-steps", str(STEPS), "--checkpoint-every", "1", "--log-every", "3", "--eval-every", "50",
     "--sample-length", "0", "--seed", "7",
 ]  # fmt: skip
-WORDS = "the a cat dog sat on mat ran far and then slept under warm sun while birds sang".split()
 
 
-def write_corpus(path: Path, chars: int = 30_000) -> Path:
-    rng = random.Random(0)
-    parts, length = [], 0
-    while length < chars:
-        part = rng.choice(WORDS) + (".\n" if rng.random() < 0.1 else " ")
-        parts.append(part)
-        length += len(part)
-    path.write_text("".join(parts), encoding="utf-8")
-    return path
+def train_args(corpus: Path, out: Path, *more: str) -> list[str]:
+    return ["train", "--data", str(corpus), "--out", str(out), *TRAIN_OPTIONS, *more]
 
 
-def environment(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARLM_")}
-    env.update(CHARLM_DATA_DIR=str(data_dir), **extra)
-    return env
+def resume_args(out: Path) -> list[str]:
+    return ["train", "--out", str(out), "--resume"]
 
 
-def train_command(corpus: Path, out: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--out", str(out), *TRAIN_OPTIONS, *more]
-
-
-def resume_command(out: Path) -> list[str]:
-    return [sys.executable, "-m", "charlm", "train", "--out", str(out), "--resume"]
-
-
-def run(command: list[str], env: dict[str, str], cwd: Path, preexec=None) -> subprocess.CompletedProcess:
-    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, preexec_fn=preexec)  # fmt: skip
-
-
-def events(out: Path) -> list[dict]:
-    lines = (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]  # strict: a resumed run leaves no torn line
+def run(args: list[str], env: dict[str, str], cwd: Path, preexec_fn=None):
+    """charlm ARGS to the end, in a child process."""
+    return run_cli(*args, env=env, cwd=cwd, timeout=300, preexec_fn=preexec_fn)
 
 
 def progress(out: Path, kind: str) -> list[tuple]:
     """The train or eval events as (step, loss, ...) tuples of the numbers that must repeat exactly."""
     fields = {"train": ("step", "loss", "lr", "grad_norm"), "eval": ("step", "loss", "best")}[kind]
-    return [tuple(e[f] for f in fields) for e in events(out) if e["event"] == kind]
-
-
-def weights(out: Path, which: str = LAST) -> dict[str, torch.Tensor]:
-    return load_file(str(out / which / WEIGHTS_FILE))
+    return [tuple(e[f] for f in fields) for e in read_events(out) if e["event"] == kind]
 
 
 def assert_same_as_reference(out: Path, reference: Path) -> None:
     for which in (LAST, BEST):
-        mine, theirs = weights(out, which), weights(reference, which)
+        mine, theirs = checkpoint_weights(out, which), checkpoint_weights(reference, which)
         assert mine.keys() == theirs.keys()
         for name in mine:
             assert torch.equal(mine[name], theirs[name]), f"{which}/{name} differs from the uninterrupted run"
@@ -95,15 +79,8 @@ def assert_same_as_reference(out: Path, reference: Path) -> None:
     assert [t[0] for t in train] == list(range(3, STEPS + 1, 3)), "a train event is missing or repeated"
     assert train == progress(reference, "train")
     assert progress(out, "eval") == progress(reference, "eval")
-    end = events(out)[-1]
+    end = read_events(out)[-1]
     assert end["event"] == "end" and end["reason"] == "max_steps" and end["step"] == STEPS
-
-
-def the_error_line(done: subprocess.CompletedProcess) -> str:
-    """A failed run's one error line (and no traceback)."""
-    lines = [line for line in done.stderr.splitlines() if line.startswith("charlm: error:")]
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    return lines[0]
 
 
 def assert_loadable(out: Path) -> Optional[int]:
@@ -122,10 +99,10 @@ def assert_loadable(out: Path) -> Optional[int]:
 def setting(tmp_path_factory):
     """(corpus, data dir, reference run) for the whole module; the reference is never disturbed."""
     root = tmp_path_factory.mktemp("crash")
-    corpus = write_corpus(root / "corpus.txt")
+    corpus = write_text(root / "corpus.txt", word_text(30_000))
     data_dir = root / "data"
     reference = root / "reference"
-    done = run(train_command(corpus, reference), environment(data_dir), root)
+    done = run(train_args(corpus, reference), child_env(data_dir), root)
     assert done.returncode == 0, done.stderr
     return corpus, data_dir, reference
 
@@ -162,14 +139,14 @@ def _wait_for_training(out: Path, proc: subprocess.Popen, starts_before: int, de
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(setting, tmp_path):
     corpus, data_dir, reference = setting
     out = tmp_path / "run"
-    env = environment(data_dir)
+    env = child_env(data_dir)
     rng = random.Random(int(os.environ.get("CHARLM_TEST_SEED", "20261125")))
     # the first kill lands in start-up; the others at a random step of their own stretch of the run
     targets = [None] + [rng.randint(low, low + 45) for low in (40, 100, 160, 220)]
-    command, resumes, killed_at = train_command(corpus, out), 0, []
-    for attempt, target in enumerate(targets):
+    command, resumes, killed_at = train_args(corpus, out), 0, []
+    for target in targets:
         starts_before = _starts(out) if command[-1] == "--resume" else 0
-        proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(charlm_command(*command), env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         try:
             if target is None:
@@ -190,9 +167,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(setting, tmp_pat
         killed_at.append(step)
         if step is None:
             # killed before the first checkpoint: the user starts the run again
-            command = train_command(corpus, out, "--overwrite")
+            command = train_args(corpus, out, "--overwrite")
         else:
-            command = resume_command(out)
+            command = resume_args(out)
             resumes += 1
 
     done = run(command, env, tmp_path)
@@ -202,13 +179,13 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(setting, tmp_pat
     assert killed_at[1:] == sorted(killed_at[1:]) and len(set(killed_at[1:])) == 4  # each kill in a new stretch
     assert_same_as_reference(out, reference)
     # one resume marker per resumed process, and no leftovers of interrupted writes
-    assert sum(e["event"] == "resume" for e in events(out)) == resumes
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert sum(e["event"] == "resume" for e in read_events(out)) == resumes
+    assert hidden_entries(out) == []
 
 
-def _stop_with_sigterm(command: list[str], out: Path, env: dict[str, str], cwd: Path) -> int:
+def _stop_with_sigterm(args: list[str], out: Path, env: dict[str, str], cwd: Path) -> int:
     """Start a run, SIGTERM it once it has trained a while, check it saved; return the step."""
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(charlm_command(*args), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
         assert _wait_for_training(out, proc, 0, time.monotonic() + 120)
@@ -221,7 +198,7 @@ def _stop_with_sigterm(command: list[str], out: Path, env: dict[str, str], cwd: 
             proc.wait()
     assert proc.returncode == 130, stderr
     assert f"charlm train --out {out} --resume" in stderr and "Traceback" not in stderr
-    stopped = events(out)[-1]
+    stopped = read_events(out)[-1]
     assert stopped["event"] == "end" and stopped["reason"] == "interrupted"
     assert assert_loadable(out) == stopped["step"] < STEPS
     return stopped["step"]
@@ -230,9 +207,9 @@ def _stop_with_sigterm(command: list[str], out: Path, env: dict[str, str], cwd: 
 def test_sigterm_saves_and_the_resumed_run_is_bit_identical(setting, tmp_path):
     corpus, data_dir, reference = setting
     out = tmp_path / "run"
-    env = environment(data_dir)
-    _stop_with_sigterm(train_command(corpus, out), out, env, tmp_path)
-    done = run(resume_command(out), env, tmp_path)
+    env = child_env(data_dir)
+    _stop_with_sigterm(train_args(corpus, out), out, env, tmp_path)
+    done = run(resume_args(out), env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert_same_as_reference(out, reference)
 
@@ -240,45 +217,36 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_identical(setting, tmp_path):
 def test_out_of_memory_saves_the_run_and_it_resumes_exactly(setting, tmp_path):
     corpus, data_dir, reference = setting
     out = tmp_path / "run"
-    failed = run(train_command(corpus, out), environment(data_dir, CHARLM_FAULTS="oom@125"), tmp_path)
+    failed = run(train_args(corpus, out), child_env(data_dir, CHARLM_FAULTS="oom@125"), tmp_path)
     assert failed.returncode == 1
-    error = the_error_line(failed)
+    error = assert_user_error(failed, alone=False)
     assert "out of memory at step 125" in error
     assert "the run is saved at step 124" in error and "--resume" in error
     assert assert_loadable(out) == 124
 
-    done = run(resume_command(out), environment(data_dir), tmp_path)
+    done = run(resume_args(out), child_env(data_dir), tmp_path)
     assert done.returncode == 0, done.stderr
     assert_same_as_reference(out, reference)
-
-
-def _file_size_limit(limit: int):
-    def apply() -> None:
-        # a full disk, simulated: writes past `limit` bytes fail with EFBIG instead of killing us
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
 
 
 def test_a_checkpoint_the_disk_refuses_leaves_the_previous_one_and_resumes_exactly(setting, tmp_path):
     corpus, data_dir, reference = setting
     out = tmp_path / "run"
-    env = environment(data_dir)
-    stopped = _stop_with_sigterm(train_command(corpus, out), out, env, tmp_path)
+    env = child_env(data_dir)
+    stopped = _stop_with_sigterm(train_args(corpus, out), out, env, tmp_path)
     state_size = (out / LAST / STATE_FILE).stat().st_size
     before = {p.name: p.read_bytes() for p in (out / LAST).iterdir()}
 
-    full = run(resume_command(out), env, tmp_path, preexec=_file_size_limit(state_size // 2))
+    full = run(resume_args(out), env, tmp_path, preexec_fn=file_size_limit(state_size // 2))
     assert full.returncode == 1
-    error = the_error_line(full)
+    error = assert_user_error(full, alone=False)
     assert f"cannot write the checkpoint at step {stopped + 1}" in error
     assert f"the checkpoint from step {stopped} is intact" in error and "--resume" in error
     # the previous checkpoint is byte for byte what it was, and nothing half-written is left
     assert {p.name: p.read_bytes() for p in (out / LAST).iterdir()} == before
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden_entries(out) == []
 
-    done = run(resume_command(out), env, tmp_path)
+    done = run(resume_args(out), env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert_same_as_reference(out, reference)
 
@@ -287,11 +255,11 @@ def test_the_guard_skips_a_nan_loss_and_rolls_back_nan_weights(setting, tmp_path
     corpus, data_dir, _ = setting
     out = tmp_path / "run"
     faults = "nan-loss@40,nan-weights@160"
-    done = run(train_command(corpus, out, "--checkpoint-every", "25", "--skip-limit", "3"),
-               environment(data_dir, CHARLM_FAULTS=faults), tmp_path)  # fmt: skip
+    done = run(train_args(corpus, out, "--checkpoint-every", "25", "--skip-limit", "3"),
+               child_env(data_dir, CHARLM_FAULTS=faults), tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    log = events(out)
+    log = read_events(out)
     bad = [e for e in log if e["event"] == "bad_step"]
     rollbacks = [e for e in log if e["event"] == "rollback"]
     # step 40: one NaN loss, its update skipped, training goes on
@@ -309,24 +277,24 @@ def test_the_guard_skips_a_nan_loss_and_rolls_back_nan_weights(setting, tmp_path
     assert later and all(e["loss"] is not None and e["loss"] < 3 for e in later)
     end = log[-1]
     assert end["event"] == "end" and end["step"] == STEPS and end["rollbacks"] == 1 and end["skipped_steps"] == 4
-    assert all(torch.isfinite(t).all() for t in weights(out).values())
+    assert all(torch.isfinite(t).all() for t in checkpoint_weights(out).values())
     assert "update skipped" in done.stderr and "rolled back from step 162" in done.stderr
 
 
 def test_a_first_checkpoint_the_disk_refuses_says_to_start_again(setting, tmp_path):
     corpus, data_dir, reference = setting
     out = tmp_path / "run"
-    env = environment(data_dir)  # the corpus cache is already built by the reference run
+    env = child_env(data_dir)  # the corpus cache is already built by the reference run
     weights_size = (reference / LAST / WEIGHTS_FILE).stat().st_size
-    full = run(train_command(corpus, out), env, tmp_path, preexec=_file_size_limit(weights_size // 2))
+    full = run(train_args(corpus, out), env, tmp_path, preexec_fn=file_size_limit(weights_size // 2))
     assert full.returncode == 1
-    error = the_error_line(full)
+    error = assert_user_error(full, alone=False)
     assert "cannot write the checkpoint at step 0" in error and "start the run again with --overwrite" in error
     assert assert_loadable(out) is None
-    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden_entries(out) == []
 
-    refused = run(resume_command(out), env, tmp_path)
+    refused = run(resume_args(out), env, tmp_path)
     assert refused.returncode == 1 and "stopped before its first checkpoint" in refused.stderr
-    done = run(train_command(corpus, out, "--overwrite"), env, tmp_path)
+    done = run(train_args(corpus, out, "--overwrite"), env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert_same_as_reference(out, reference)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import REPO
+from helpers import REPO, invoke
 
 from charlm.config import ModelConfig, TrainConfig
 from charlm.hardware import cpu_supports_bf16, resolve_precision
@@ -46,15 +46,11 @@ def test_auto_precision_on_the_cpu_is_bf16_exactly_where_it_is_native():
 
 
 def test_a_run_without_model_or_batch_options_records_the_recommended_settings(tmp_path):
-    from click.testing import CliRunner
-
-    from charlm.cli import cli
-
     corpus = tmp_path / "text.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 400)
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--data", str(corpus), "--out", str(out), "--max-steps", "1",
-                                       "--threads", "1", "--sample-length", "0"])
+    result = invoke("train", "--data", str(corpus), "--out", str(out), "--max-steps", "1", "--threads", "1",
+                    "--sample-length", "0")  # fmt: skip
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     expected_model = ModelConfig(vocab_size=config["model"]["vocab_size"]).to_dict()

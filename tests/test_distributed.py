@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_crash_resume import environment, weights, write_corpus
+from helpers import checkpoint_weights, child_env, word_text, write_text
 
 from charlm.runs.directory import LAST, METRICS_FILE, RunDirectory
 from charlm.training.checkpoint import weights_digest
@@ -120,8 +120,8 @@ def of_kind(out: Path, kind: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("distributed")
-    corpus = write_corpus(root / "corpus.txt", chars=30_000)
-    env = environment(root / "data")
+    corpus = write_text(root / "corpus.txt", word_text(30_000))
+    env = child_env(root / "data")
     # prepare the token cache once, so that the runs below time training only
     done = run(single("train", "--data", str(corpus), "--out", str(root / "warm"), *OPTIONS, "--max-steps", "1"), env, root)
     assert done.returncode == 0, done.stderr
@@ -208,7 +208,7 @@ def test_killed_distributed_run_resumes_bit_identical(workspace):
     resumed = run(torchrun("train", "--out", str(killed), "--resume"), env, root)
     assert resumed.returncode == 0, resumed.stderr
     for which in ("last", "best"):
-        mine, theirs = weights(killed, which), weights(reference, which)
+        mine, theirs = checkpoint_weights(killed, which), checkpoint_weights(reference, which)
         for name in mine:
             assert torch.equal(mine[name], theirs[name]), f"{which}/{name} differs from the uninterrupted run"
     fields = ("step", "loss", "lr", "grad_norm")
@@ -338,7 +338,7 @@ def test_nan_weights_under_torchrun_roll_every_process_back_together(workspace):
     bad streak, and roll back to rank 0's checkpoint, which rank 0 reads and sends."""
     root, corpus, env = workspace
     out = root / "rollback"
-    faults = environment(root / "data", CHARLM_FAULTS="nan-weights@25")
+    faults = child_env(root / "data", CHARLM_FAULTS="nan-weights@25")
     done = run(torchrun("train", "--data", str(corpus), *OPTIONS, "--dropout", "0", "--skip-limit", "3", "--out", str(out)),
                faults, root)  # fmt: skip
     assert done.returncode == 0, done.stderr

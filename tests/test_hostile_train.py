@@ -26,26 +26,27 @@ import dataclasses
 import math
 import os
 import random
-import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_cli import (
+from helpers import (
+    REPO,
     SAFE,
     Finished,
-    assert_cli_error,
     assert_user_error,
     child_env,
+    entries,
+    file_size_limit,
     invoke,
+    numbered_lines,
     read_config,
+    run_cli,
     snapshot,
-    write_text_corpus,
+    write_text,
 )
 
 from charlm.config import MAX_SPM_VOCAB, ModelConfig, TrainConfig
@@ -56,31 +57,6 @@ from charlm.text.corpus import prepare_corpus
 # Hidden 16 and batches of 2 x 8: each successful run here takes about a second.
 FAST = ["--hidden", "16", "--layers", "1", "--embed", "8", "--threads", "1", "--sample-length", "0",
         "--batch-size", "2", "--seq-len", "8", "--max-steps", "2", "--eval-every", "100"]  # fmt: skip
-
-
-def cache_entries(root: Path) -> list[str]:
-    """Every entry of a token-cache folder, hidden work folders included."""
-    return sorted(os.listdir(root)) if root.is_dir() else []
-
-
-def run_limited(args: list[str], env: dict[str, str], max_file_bytes: int, timeout: float = 120) -> Finished:
-    """python -m charlm in a child whose files may not grow past max_file_bytes: a write
-    beyond that fails with EFBIG, as on a full disk (SIGXFSZ ignored, so it is an error, not
-    a kill)."""
-
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
-
-    done = subprocess.run([sys.executable, "-m", "charlm", *args], capture_output=True, env=env, cwd=REPO,
-                          timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=limit)  # fmt: skip
-    return Finished(done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8"))
-
-
-def run_train(*args: str, timeout: float = 60, env=None) -> Finished:
-    done = subprocess.run([sys.executable, "-m", "charlm", "train", *args], capture_output=True,
-                          env=env or child_env(), cwd=REPO, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
-    return Finished(done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,7 +82,7 @@ def test_a_binary_file_is_refused_even_with_encoding_errors_replace(kind, errors
     corpus = binary_file(tmp_path / f"data.{kind}", kind)
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), "--encoding-errors", errors, *SAFE)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert result.exit_code == 1
     assert str(corpus) in error and "binary file" in error and "UTF-8 text" in error
     assert not out.exists()
@@ -117,7 +93,7 @@ def test_invalid_utf8_without_nul_bytes_names_the_byte(tmp_path):
     corpus.write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 50)
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE)
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert "byte 3 (line 1) is not valid UTF-8" in error and "--encoding-errors replace" in error
     assert not out.exists()
 
@@ -130,15 +106,16 @@ def test_devices_and_sockets_are_not_corpora(option, special, tmp_path):
         server = socket.socket(socket.AF_UNIX)
         server.bind(str(path))
         special = str(path)
-    corpus = write_text_corpus(tmp_path / "ok.txt")
+    corpus = write_text(tmp_path / "ok.txt", numbered_lines())
     args = ["--data", str(corpus)] if option != "--data" else []
     out = tmp_path / "run"
     result = invoke("train", *args, option, special, "--out", str(out), *SAFE)
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert f"{option}: {special} is neither a regular file nor a folder" in error and "give a text file" in error
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
 def test_endless_or_blocking_files_are_refused_without_hanging(special, tmp_path):
     """Reading /dev/zero never ends and opening a FIFO waits for a writer: a real process
@@ -148,8 +125,8 @@ def test_endless_or_blocking_files_are_refused_without_hanging(special, tmp_path
         os.mkfifo(path)
         special = str(path)
     out = tmp_path / "run"
-    done = run_train("--data", special, "--out", str(out), *SAFE, timeout=60)
-    error = assert_user_error(done.returncode, done.stdout, done.stderr)
+    done = run_cli("train", "--data", special, "--out", str(out), *SAFE, timeout=60)
+    error = assert_user_error(done)
     assert done.returncode == 1
     assert "is neither a regular file nor a folder" in error
     assert not out.exists()
@@ -173,7 +150,7 @@ def test_a_folder_of_junk_has_no_text_files(tmp_path):
     root = folder_of_junk(tmp_path / "junk")
     out = tmp_path / "run"
     result = invoke("train", "--data", str(root), "--out", str(out), *SAFE)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert f"folder {root} has no text files" in error and "binary or unreadable file(s) skipped" in error
     assert not out.exists()
 
@@ -181,12 +158,12 @@ def test_a_folder_of_junk_has_no_text_files(tmp_path):
 def test_an_empty_folder_has_no_text_files(tmp_path):
     (tmp_path / "empty").mkdir()
     result = invoke("train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"), *SAFE)
-    assert "has no text files" in assert_cli_error(result)
+    assert "has no text files" in assert_user_error(result)
 
 
 def test_junk_beside_a_text_file_is_skipped(tmp_path):
     root = folder_of_junk(tmp_path / "mixed")
-    text = write_text_corpus(root / "a.txt")
+    text = write_text(root / "a.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(root), "--out", str(out), *FAST)
     assert result.exit_code == 0, result.stderr
@@ -199,7 +176,7 @@ def test_an_unreadable_file_named_directly_is_an_error(tmp_path):
         pytest.skip("no /proc/self/mem here")
     out = tmp_path / "run"
     result = invoke("train", "--data", "/proc/self/mem", "--out", str(out), *SAFE)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "cannot read" in error and "mem" in error
     assert not out.exists()
 
@@ -213,7 +190,7 @@ def test_a_corpus_of_one_character_asks_for_more_text(tmp_path):
     corpus.write_text("a")
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE, "--batch-size", "1", "--seq-len", "1")
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert "--batch-size 1 x --seq-len 1 needs at least 2" in error and "give more text" in error
     assert not out.exists()
 
@@ -253,7 +230,7 @@ def test_a_single_line_of_five_megabytes_trains(tokenizer, tmp_path):
 
 
 def test_sentencepiece_vocab_beyond_the_corpus_trains_and_says_so(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), "--tokenizer", "sentencepiece",
                     "--vocab-size", "5000", *FAST)  # fmt: skip
@@ -264,11 +241,11 @@ def test_sentencepiece_vocab_beyond_the_corpus_trains_and_says_so(tmp_path):
 
 
 def test_sentencepiece_vocab_beyond_any_sane_size_is_refused(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE, "--tokenizer", "sentencepiece",
                     "--vocab-size", "10000000000")  # fmt: skip
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert f"--vocab-size must be at most {MAX_SPM_VOCAB:,}" in error
     assert not out.exists()
 
@@ -302,10 +279,10 @@ def test_every_float_option_must_be_finite(value):
      ("--val-fraction", "nan")],
 )  # fmt: skip
 def test_non_finite_options_on_the_command_line(option, value, tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE, option, value)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert result.exit_code == 1
     assert f"{option} must be a finite number (got {value})" in error
     assert not out.exists()
@@ -318,10 +295,10 @@ def test_non_finite_options_on_the_command_line(option, value, tmp_path):
      ("--max-steps", "-5"), ("--sample-length", "-1"), ("--max-time", "0"), ("--epochs", "-1")],
 )  # fmt: skip
 def test_zero_and_negative_sizes_are_refused(option, value, tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE, option, value)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert result.exit_code == 1
     assert error.startswith(f"charlm: error: {option} must be")
     assert float(error.rsplit("(got ", 1)[1].rstrip(")")) == float(value)
@@ -331,10 +308,10 @@ def test_zero_and_negative_sizes_are_refused(option, value, tmp_path):
 @pytest.mark.parametrize("threads", ["0", "-1", "100000"])
 def test_threads_beyond_the_machine_are_refused(threads, tmp_path):
     """torch accepts --threads 100000 and OpenMP then dies of a segmentation fault."""
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE, "--threads", threads)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "--threads" in error
     if threads == "100000":
         cores = os.cpu_count()
@@ -349,10 +326,10 @@ def test_threads_beyond_the_machine_are_refused(threads, tmp_path):
     ids=["hidden", "layers", "embed", "batch"],
 )  # fmt: skip
 def test_a_model_that_cannot_fit_is_refused_before_allocating(options, tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE, *options)
-    error = assert_cli_error(result)  # alone: refused before the corpus is even read
+    error = assert_user_error(result)  # alone: refused before the corpus is even read
     assert "needs about" in error and "memory available" in error and "lower --hidden" in error
     assert not out.exists()
 
@@ -376,10 +353,10 @@ def test_memory_estimate_counts_the_real_parameters():
      ("CHARLM_TRAIN_THREADS", "100000", 1, "--threads 100000 is more than")],
 )  # fmt: skip
 def test_bad_environment_values_name_the_variable(variable, value, code, expected, tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), "--max-steps", "2", env={variable: value})
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert result.exit_code == code
     assert expected in error and f"set by the environment variable {variable}" in error
     assert not out.exists()
@@ -390,9 +367,9 @@ def test_bad_environment_values_name_the_variable(variable, value, code, expecte
 
 
 def test_out_below_a_regular_file_fails_before_the_corpus_is_read(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     result = invoke("train", "--data", str(corpus), "--out", str(corpus / "runs" / "one"), *SAFE)
-    error = assert_cli_error(result)  # alone: no corpus notes came first
+    error = assert_user_error(result)  # alone: no corpus notes came first
     assert f"{corpus} is a file, so no folder can be made below it" in error
 
 
@@ -401,19 +378,19 @@ def test_out_where_nothing_can_be_written(where, tmp_path):
     target = Path(where) / "charlm-test-run"
     if not Path(where).is_dir():
         pytest.skip(f"no {where} here")
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     result = invoke("train", "--data", str(corpus), "--out", str(target), *SAFE)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert f"cannot create a folder in {where}" in error and "choose a writable --out" in error
     assert not target.exists()
 
 
 def test_out_that_is_a_symlink_loop(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     loop = tmp_path / "loop"
     os.symlink("loop", loop)
     result = invoke("train", "--data", str(corpus), "--out", str(loop / "run"), *SAFE)
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "broken or looping symbolic link" in error
     assert loop.is_symlink()
 
@@ -423,19 +400,19 @@ def test_out_that_is_a_symlink_loop(tmp_path):
 
 
 def test_a_corpus_deleted_before_resume_is_named(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     assert invoke("train", "--data", str(corpus), "--out", str(out), *FAST).exit_code == 0
     before = snapshot(out)
     corpus.unlink()
     result = invoke("train", "--out", str(out), "--resume", "--max-steps", "4")
-    error = assert_cli_error(result)
+    error = assert_user_error(result)
     assert "--data" in error and str(corpus) in error
     assert snapshot(out) == before
 
 
 def test_a_damaged_cache_folder_is_rebuilt_not_trusted(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     cache = tmp_path / "cache"
     first = prepare_corpus(str(corpus), cache_root=cache)
     expected = {name: first.splits[name].tolist() for name in first.splits}
@@ -445,57 +422,62 @@ def test_a_damaged_cache_folder_is_rebuilt_not_trusted(tmp_path):
     again = prepare_corpus(str(corpus), cache_root=cache)
     assert again.from_cache is False
     assert {name: again.splits[name].tolist() for name in again.splits} == expected
-    assert len(cache_entries(cache)) == 1  # the damaged folder is gone, no leftovers
+    assert len(entries(cache)) == 1  # the damaged folder is gone, no leftovers
 
 
 # ---------------------------------------------------------------------------------------
 # a full disk
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_the_cache_is_written_leaves_no_cache_and_no_run(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     cache, out = tmp_path / "cache", tmp_path / "run"
     env = child_env(CHARLM_CACHE_DIR=str(cache))
-    done = run_limited(["train", "--data", str(corpus), "--out", str(out), *SAFE], env, max_file_bytes=2000)
-    error = assert_user_error(done.returncode, done.stdout, done.stderr, alone=False)
+    done = run_cli("train", "--data", str(corpus), "--out", str(out), *SAFE, env=env,
+                 preexec_fn=file_size_limit(2000))  # fmt: skip
+    error = assert_user_error(done, alone=False)
     assert done.returncode == 1
     assert f"no space left to write the token cache in {cache}" in error and "free some disk space" in error
     assert "CHARLM_CACHE_DIR" in error
-    assert cache_entries(cache) == []  # neither the cache folder nor a hidden work folder
+    assert entries(cache) == []  # neither the cache folder nor a hidden work folder
     assert not out.exists()
 
 
 def test_a_cache_folder_that_cannot_be_written_names_the_variable(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), *SAFE, env={"CHARLM_CACHE_DIR": str(corpus)})
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert f"cannot write the token cache in {corpus}" in error and "set CHARLM_CACHE_DIR to a writable folder" in error
     assert corpus.is_file() and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_the_run_is_created_leaves_nothing(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     cache = tmp_path / "cache"
     prepare_corpus(str(corpus), cache_root=cache)  # the cache fits; config.json (about 1 KB) will not
     env = child_env(CHARLM_CACHE_DIR=str(cache))
     out = tmp_path / "new" / "deeper" / "run"
-    done = run_limited(["train", "--data", str(corpus), "--out", str(out), *SAFE], env, max_file_bytes=600)
-    error = assert_user_error(done.returncode, done.stdout, done.stderr, alone=False)
+    done = run_cli("train", "--data", str(corpus), "--out", str(out), *SAFE, env=env,
+                 preexec_fn=file_size_limit(600))  # fmt: skip
+    error = assert_user_error(done, alone=False)
     assert f"no space left to write the run's tokenizer and config in {out}" in error
     assert not (tmp_path / "new").exists()  # the parents made for it are gone too
 
 
+@pytest.mark.slow
 def test_a_full_disk_on_overwrite_keeps_the_old_run(tmp_path):
-    corpus = write_text_corpus(tmp_path / "small.txt")
+    corpus = write_text(tmp_path / "small.txt", numbered_lines())
     out = tmp_path / "run"
     env = child_env(CHARLM_CACHE_DIR=str(tmp_path / "cache"))
-    first = run_train("--data", str(corpus), "--out", str(out), *FAST, env=env)
+    first = run_cli("train", "--data", str(corpus), "--out", str(out), *FAST, env=env)
     assert first.returncode == 0, first.stderr
     before = snapshot(out)
-    done = run_limited(["train", "--data", str(corpus), "--out", str(out), "--overwrite", *FAST], env,
-                       max_file_bytes=600)  # fmt: skip
-    error = assert_user_error(done.returncode, done.stdout, done.stderr, alone=False)
+    done = run_cli("train", "--data", str(corpus), "--out", str(out), "--overwrite", *FAST, env=env,
+                 preexec_fn=file_size_limit(600))  # fmt: skip
+    error = assert_user_error(done, alone=False)
     assert "no space left" in error
     assert snapshot(out) == before
     assert sorted(os.listdir(tmp_path)) == ["cache", "run", "small.txt"]  # no staging folder left
@@ -509,12 +491,13 @@ def _can_mount_tmpfs() -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and mount namespaces (unshare -m)")
 @pytest.mark.parametrize("what", ["cache", "run"])
 def test_a_real_full_tmpfs_gives_enospc_and_leaves_nothing(what, tmp_path):
     """A 64 KB tmpfs in a private mount namespace: writes fail with ENOSPC for real. The
     shell lists what is left on it before the namespace (and the tmpfs) goes away."""
-    corpus = write_text_corpus(tmp_path / "mid.txt", lines=4000)  # about 220 KB: more than fits
+    corpus = write_text(tmp_path / "mid.txt", numbered_lines(4000))  # about 220 KB: more than fits
     disk = tmp_path / "disk"
     disk.mkdir()
     if what == "cache":
@@ -532,7 +515,7 @@ def test_a_real_full_tmpfs_gives_enospc_and_leaves_nothing(what, tmp_path):
                           env=child_env(CHARLM_CACHE_DIR=str(cache)))  # fmt: skip
     stdout, stderr = done.stdout.decode(), done.stderr.decode()
     text, left = stdout.split("LEFT\n")
-    error = assert_user_error(done.returncode, text.strip(), stderr, alone=False)
+    error = assert_user_error(Finished(done.returncode, text.strip(), stderr), alone=False)
     assert "(No space left on device)" in error and "free some disk space" in error
     # the cache case leaves its empty root (no entry, no work folder), the run case only the filler
     assert left.split() == [str(disk / ("cache" if what == "cache" else "filler"))]

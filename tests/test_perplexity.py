@@ -36,22 +36,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import REPO, shared_file, train_into
+from helpers import assert_user_error, invoke, run_cli, train_tiny_run, udhr_slice, word_text
 
-from charlm.cli import cli
-from charlm.config import ModelConfig, TrainConfig
+from charlm.config import ModelConfig
 from charlm.errors import CharlmError
 from charlm.hardware import cpu_supports_bf16
 from charlm.inference.scorer import Scorer
@@ -65,27 +59,10 @@ from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, context_token_id
 
 CPU = torch.device("cpu")
 LN2 = math.log(2)
-ERROR_PREFIX = "charlm: error:"
-FORCE_TERMINAL_VARS = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
 
 
 # ---------------------------------------------------------------------------------------
 # texts
-
-WORDS = "the a cat dog sat on mat ran far and then slept under warm sun while birds sang".split()
-
-
-def word_text(chars: int, seed: int = 0) -> str:
-    """ASCII words with spaces, full stops and newlines."""
-    rng = random.Random(seed)
-    out, length = [], 0
-    while length < chars:
-        word = rng.choice(WORDS)
-        sep = ".\n" if rng.random() < 0.1 else " "
-        out.append(word + sep)
-        length += len(word) + len(sep)
-    return "".join(out)[:chars]
-
 
 # Short sentences in several scripts (1-, 2-, 3- and 4-byte UTF-8 characters).
 MULTISCRIPT_LINES = [
@@ -105,17 +82,6 @@ MULTISCRIPT_LINES = [
 def multiscript_text(lines: int, seed: int = 0) -> str:
     rng = random.Random(seed)
     return "".join(rng.choice(MULTISCRIPT_LINES) + "\n" for _ in range(lines))
-
-
-def udhr_slice(windows: int = 30, size: int = 1500) -> str:
-    """Whole lines from places spread over udhr_multiscript.txt (skips when it is absent)."""
-    text = shared_file("udhr_multiscript.txt").read_text(encoding="utf-8")
-    step = len(text) // windows
-    parts = []
-    for k in range(windows):
-        chunk = text[k * step : k * step + size]
-        parts.append(chunk[chunk.find("\n") + 1 : chunk.rfind("\n") + 1])
-    return "".join(parts)
 
 
 def sizes(text: str) -> tuple[int, int, int]:
@@ -214,26 +180,11 @@ def alphabet_tokenizer() -> CharTokenizer:
 # trained runs
 
 
-TRAIN_TINY = dict(cell="lstm", layers=1, hidden=32, embed=16, dropout=0.0, tie_weights=False)
-
-
-def train_run(root: Path, text: str, steps: int = 60, eval_batch_size: int = 16, val_fraction: float = 0.2,
-              cache_root: Optional[Path] = None) -> Path:
+def train_run(root: Path, text: str, steps: int = 60, eval_batch_size: int = 16, val_fraction: float = 0.2) -> Path:
     """Train a tiny char LSTM with the real Trainer into root/run; one eval, at the end."""
-    root.mkdir(parents=True, exist_ok=True)
-    data = root / "corpus.txt"
-    data.write_text(text, encoding="utf-8")
-    corpus = prepare_corpus(str(data), val_fraction=val_fraction, tokenizer="char", cache_root=cache_root)
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **TRAIN_TINY)
-    train_config = TrainConfig(
-        data=str(data), val_fraction=val_fraction, tokenizer="char", batch_size=8, seq_len=32, lr=1e-2,
-        warmup_steps=5, max_steps=steps, eval_every=100_000, checkpoint_every=100_000, log_every=20,
-        eval_batch_size=eval_batch_size, precision="fp32", device="cpu", seed=0, sample_length=0,
-    )  # fmt: skip
-    train_config.validate()
-    result = train_into(root / "run", corpus, model_config, train_config)
-    assert result.step == steps and result.reason == "max_steps"
-    return root / "run"
+    return train_tiny_run(root, text, val_fraction=val_fraction, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=5,
+                          max_steps=steps, eval_every=100_000, checkpoint_every=100_000, log_every=20,
+                          eval_batch_size=eval_batch_size, seed=0)  # fmt: skip
 
 
 def last_eval(run_path: Path) -> dict:
@@ -251,7 +202,7 @@ VAL_TEXT = word_text(24_000, seed=1) + word_text(6_000, seed=2).replace("mat", "
 def trained_run(tmp_path_factory) -> Path:
     """A char LSTM (hidden 32) trained for 60 steps, validated with the default 16 lanes."""
     root = tmp_path_factory.mktemp("trained")
-    return train_run(root, VAL_TEXT, cache_root=root / "cache")
+    return train_run(root, VAL_TEXT)
 
 
 @pytest.fixture(scope="module")
@@ -263,29 +214,8 @@ def trained_scorer(trained_run) -> Scorer:
 # CLI helpers
 
 
-@dataclass
-class Finished:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def child_env() -> dict[str, str]:
-    """os.environ (with the conftest's CHARLM_DATA_DIR) minus anything forcing terminal output."""
-    env = {k: v for k, v in os.environ.items() if k not in FORCE_TERMINAL_VARS}
-    return {k: v for k, v in env.items() if not k.startswith("CHARLM_PERPLEXITY_")}
-
-
-def run_cli(*args: str, stdin: bytes = b"", timeout: float = 120) -> Finished:
-    """`python -m charlm ARGS` in a subprocess (one thread, so figures match in-process ones)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "charlm", *args], input=stdin, capture_output=True, env=child_env(),
-        cwd=REPO, timeout=timeout,
-    )  # fmt: skip
-    return Finished(done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8"))
-
-
-def perplexity_cli(run: Path, *args: str, stdin: bytes = b"") -> Finished:
+def perplexity_cli(run: Path, *args: str, stdin: bytes = b""):
+    """`python -m charlm perplexity RUN ARGS` in a child (one thread, so figures match in-process ones)."""
     return run_cli("perplexity", str(run), "--threads", "1", "--device", "cpu", *args, stdin=stdin)
 
 
@@ -296,22 +226,6 @@ def strict_json(line: str):
         raise ValueError(f"{name} is not valid JSON")
 
     return json.loads(line, parse_constant=refuse)
-
-
-def assert_one_error_line(returncode: int, stderr: str, alone: bool = False) -> str:
-    assert returncode != 0, "the command should fail"
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
-    assert len(errors) == 1, f"expected one error line, got:\n{stderr}"
-    assert lines[-1] == errors[0], f"the error line must come last:\n{stderr}"
-    if alone:
-        assert lines == errors, f"expected only the error line:\n{stderr}"
-    return errors[0]
-
-
-def invoke(*args: str, stdin: Optional[str] = None):
-    return CliRunner().invoke(cli, ["perplexity", *args], prog_name="charlm", input=stdin)
 
 
 # ---------------------------------------------------------------------------------------
@@ -565,6 +479,7 @@ def test_score_split_sizes_and_unknown_match_the_val_text(trained_run):
     assert score.unknown == val_text.count("\u00a7") == 3
 
 
+@pytest.mark.slow
 def test_cli_split_val_equals_the_last_logged_validation(trained_run):
     event = last_eval(trained_run)
     done = perplexity_cli(trained_run, "--split", "val", "--json")
@@ -584,7 +499,7 @@ def test_cli_split_val_equals_the_last_logged_validation(trained_run):
 def four_lane_run(tmp_path_factory) -> Path:
     """The same corpus, validated with --eval-batch-size 4 (not the CLI's default 16 lanes)."""
     root = tmp_path_factory.mktemp("four-lanes")
-    return train_run(root, VAL_TEXT, steps=20, eval_batch_size=4, cache_root=root / "cache")
+    return train_run(root, VAL_TEXT, steps=20, eval_batch_size=4)
 
 
 def test_score_split_reproduces_validation_of_a_run_with_other_eval_lanes(four_lane_run):
@@ -597,6 +512,7 @@ def test_score_split_reproduces_validation_of_a_run_with_other_eval_lanes(four_l
     assert score.loss == pytest.approx(event["loss"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_cli_split_val_reproduces_validation_of_a_run_with_other_eval_lanes(four_lane_run):
     event = last_eval(four_lane_run)
     done = perplexity_cli(four_lane_run, "--split", "val", "--json")
@@ -722,6 +638,7 @@ def test_score_sequences_batch_size_and_window_do_not_matter(trained_scorer):
     assert base == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_per_line_json_gives_one_object_per_line(trained_run, tmp_path):
     path = tmp_path / "lines.txt"
     path.write_text("\n".join(PER_LINE) + "\n", encoding="utf-8")
@@ -736,6 +653,7 @@ def test_cli_per_line_json_gives_one_object_per_line(trained_run, tmp_path):
         assert record["chars"] == len(line)
 
 
+@pytest.mark.slow
 def test_cli_per_line_table(trained_run, tmp_path):
     path = tmp_path / "lines.txt"
     path.write_text("the cat sat\n\nbirds sang\n", encoding="utf-8")
@@ -745,6 +663,7 @@ def test_cli_per_line_table(trained_run, tmp_path):
     assert "the cat sat" in done.stdout and "birds sang" in done.stdout
 
 
+@pytest.mark.slow
 def test_cli_per_line_field_reads_json_lines(trained_run, tmp_path):
     path = tmp_path / "records.jsonl"
     texts = ["the cat sat", "a dog ran far and then slept", "sun"]
@@ -765,9 +684,9 @@ def test_cli_per_line_field_reads_json_lines(trained_run, tmp_path):
 def test_cli_per_line_field_bad_line_is_a_one_line_error(trained_run, tmp_path, bad):
     path = tmp_path / "records.jsonl"
     path.write_text(bad, encoding="utf-8")
-    result = invoke(str(trained_run), "--data", str(path), "--per-line", "--field", "text", "--threads", "1")
+    result = invoke("perplexity", str(trained_run), "--data", str(path), "--per-line", "--field", "text", "--threads", "1")
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    error = assert_one_error_line(result.exit_code, result.stderr)
+    error = assert_user_error(result, alone=False)
     assert "line 2" in error
     assert result.stdout == ""
 
@@ -796,6 +715,7 @@ def test_byte_and_sentencepiece_models_have_no_unknown_symbols():
         assert scorer.score_text("new \u03a9 \U0001F680 text").unknown == 0, kind
 
 
+@pytest.mark.slow
 def test_cli_warns_about_unknown_symbols(trained_run, tmp_path):
     path = tmp_path / "odd.txt"
     path.write_text("the cat \u03a9 sat on the mat \u4e2d\n", encoding="utf-8")
@@ -815,9 +735,10 @@ def test_empty_text_is_an_error(trained_scorer):
     assert trained_scorer.score_text(" \n").tokens == 2
 
 
+@pytest.mark.slow
 def test_cli_empty_stdin_is_a_one_line_error(trained_run):
     done = perplexity_cli(trained_run, "--data", "-", stdin=b"")
-    error = assert_one_error_line(done.returncode, done.stderr)
+    error = assert_user_error(done, alone=False)
     assert "empty" in error
     assert done.stdout == ""
 
@@ -825,11 +746,12 @@ def test_cli_empty_stdin_is_a_one_line_error(trained_run):
 def test_cli_empty_file_is_a_one_line_error(trained_run, tmp_path):
     path = tmp_path / "empty.txt"
     path.write_bytes(b"")
-    result = invoke(str(trained_run), "--data", str(path), "--threads", "1")
+    result = invoke("perplexity", str(trained_run), "--data", str(path), "--threads", "1")
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert_one_error_line(result.exit_code, result.stderr)
+    assert_user_error(result, alone=False)
 
 
+@pytest.mark.slow
 def test_cli_scores_stdin(trained_run, trained_scorer):
     text = "the dog sat on the warm mat.\nbirds sang \u00e9\n"
     done = perplexity_cli(trained_run, "--data", "-", "--json", stdin=text.encode("utf-8"))
@@ -841,9 +763,10 @@ def test_cli_scores_stdin(trained_run, trained_scorer):
     assert record["nll_nats"] == pytest.approx(expected.nll, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_invalid_utf8_on_stdin_is_a_one_line_error(trained_run):
     done = perplexity_cli(trained_run, "--data", "-", stdin=b"the cat \xff sat\n")
-    error = assert_one_error_line(done.returncode, done.stderr)
+    error = assert_user_error(done, alone=False)
     assert "UTF-8" in error
 
 
@@ -855,6 +778,7 @@ JSON_KEYS = {"tokens", "chars", "bytes", "words", "loss_nats_per_token", "perple
              "bits_per_byte", "word_perplexity", "lanes", "context_resets"}
 
 
+@pytest.mark.slow
 def test_cli_default_table(trained_run, tmp_path):
     path = tmp_path / "text.txt"
     text = word_text(3_000, seed=12)
@@ -873,6 +797,7 @@ def test_cli_default_table(trained_run, tmp_path):
     assert "\x1b[" not in out  # no terminal control sequences on a pipe
 
 
+@pytest.mark.slow
 def test_cli_json_has_every_key_and_matches_the_api(trained_run, tmp_path):
     path = tmp_path / "text.txt"
     text = "the cat sat on the mat.\n\u00e9t\u00e9 \u4e2d\n"
@@ -890,6 +815,7 @@ def test_cli_json_has_every_key_and_matches_the_api(trained_run, tmp_path):
     assert "1 lane (0 context resets)" in record["method"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["per-line with an empty line", "text without words"])
 def test_cli_json_is_strict_json_when_a_figure_is_undefined(trained_run, tmp_path, case):
     """An empty line (0 tokens) or a text with no words has undefined figures; NaN is not JSON
@@ -906,6 +832,7 @@ def test_cli_json_is_strict_json_when_a_figure_is_undefined(trained_run, tmp_pat
     assert records and all(JSON_KEYS <= set(r) for r in records)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
 def test_cli_bf16_is_within_1e_2_nats_per_token_of_fp32(trained_run, tmp_path):
     """Tolerance: bf16 autocast may move the loss by less than 0.01 nats/token."""
@@ -935,9 +862,9 @@ def test_cli_bad_options_are_one_line_errors(trained_run, tmp_path, args, needle
     path = tmp_path / "text.txt"
     path.write_text("the cat\n", encoding="utf-8")
     data = [] if args == ["--per-line"] else ["--data", str(path)]
-    result = invoke(str(trained_run), *data, *args)
+    result = invoke("perplexity", str(trained_run), *data, *args)
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    error = assert_one_error_line(result.exit_code, result.stderr, alone=True)
+    error = assert_user_error(result)
     assert needle in error
     assert result.stdout == ""
 
@@ -945,9 +872,9 @@ def test_cli_bad_options_are_one_line_errors(trained_run, tmp_path, args, needle
 def test_cli_missing_run_dir_is_a_one_line_error(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("the cat\n", encoding="utf-8")
-    result = invoke(str(tmp_path / "no-such-run"), "--data", str(path), "--threads", "1")
+    result = invoke("perplexity", str(tmp_path / "no-such-run"), "--data", str(path), "--threads", "1")
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    error = assert_one_error_line(result.exit_code, result.stderr, alone=True)
+    error = assert_user_error(result)
     assert "no-such-run" in error
 
 

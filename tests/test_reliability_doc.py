@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_every_test_named_in_reliability_md_exists():

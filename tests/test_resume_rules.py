@@ -18,10 +18,17 @@ import time
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from test_training import make_corpus, metrics, new_trainer, of_kind, resumed_trainer, word_text
+from helpers import (
+    assert_user_error,
+    invoke,
+    make_corpus,
+    new_trainer,
+    of_kind,
+    read_events,
+    resumed_trainer,
+    word_text,
+)
 
-from charlm.cli import cli
 from charlm.errors import CharlmError
 from charlm.runs.directory import LAST, METRICS_FILE, RunDirectory
 from charlm.training.guard import SPIKE_WARMUP, DivergenceGuard
@@ -61,7 +68,7 @@ def test_a_resumed_run_logs_every_step_once(tmp_path):
     resumed = resumed_trainer(tmp_path / "run", corpus, events=events, max_steps=20)
     assert of_kind(events, "resume")[0]["discarded_events"] == 4
     resumed.run()
-    log = metrics(tmp_path / "run")
+    log = read_events(tmp_path / "run")
     assert [e["step"] for e in log if e["event"] == "train"] == list(range(1, 21))
     assert [e["step"] for e in log if e["event"] == "eval"] == [10, 20]
     assert all(e["loss"] != 9.0 for e in log if e["event"] == "train")
@@ -115,17 +122,13 @@ def test_resume_refuses_a_changed_training_text(tmp_path):
         resumed_trainer(tmp_path / "run", other, max_steps=6)
 
 
-def _cli_train(*args: str):
-    return CliRunner().invoke(cli, ["train", *args], catch_exceptions=False)
-
-
 def test_resume_records_changed_options_and_a_new_lr_replaces_the_lowered_one(tmp_path):
     corpus = tmp_path / "text.txt"
     corpus.write_text(word_text(3000, seed=5), encoding="utf-8")
     out = tmp_path / "run"
     base = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "8",
             "--threads", "1", "--sample-length", "0", "--precision", "fp32", "--log-every", "1"]  # fmt: skip
-    done = _cli_train("--data", str(corpus), "--out", str(out), *base, "--max-steps", "6")
+    done = invoke("train", "--data", str(corpus), "--out", str(out), *base, "--max-steps", "6")
     assert done.exit_code == 0, done.output
     # a rollback had lowered the rate: a checkpoint with lr_scale 0.25
     state_path = out / LAST / "trainer_state.pt"
@@ -133,24 +136,23 @@ def test_resume_records_changed_options_and_a_new_lr_replaces_the_lowered_one(tm
     state["lr_scale"] = 0.25
     torch.save(state, state_path)
 
-    done = _cli_train("--out", str(out), "--resume", "--max-steps", "9", "--lr", "0.001", "--checkpoint-every", "2m",
+    done = invoke("train", "--out", str(out), "--resume", "--max-steps", "9", "--lr", "0.001", "--checkpoint-every", "2m",
                       "--threads", "1")  # fmt: skip
     assert done.exit_code == 0, done.output
-    resume = next(e for e in metrics(out) if e["event"] == "resume")
+    resume = next(e for e in read_events(out) if e["event"] == "resume")
     assert resume["changed"] == {
         "max_steps": [6, 9], "lr": [0.006, 0.001], "checkpoint_every": [1000, None], "checkpoint_seconds": [600.0, 120.0],
     }  # fmt: skip
     config = json.loads((out / "config.json").read_text())["train"]
     assert config["lr"] == 0.001 and config["checkpoint_seconds"] == 120.0 and config["checkpoint_every"] is None
     assert torch.load(state_path, weights_only=True)["lr_scale"] == 1.0
-    trains = [e for e in metrics(out) if e["event"] == "train" and e["step"] > 6]
+    trains = [e for e in read_events(out) if e["event"] == "train" and e["step"] > 6]
     assert trains and all(e["lr"] <= 0.001 for e in trains)
     assert "--max-steps 6 -> 9" in done.output and "--lr 0.006 -> 0.001" in done.output
 
     # options that decide the model or the data stay refused
-    done = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--hidden", "32", "--seq-len", "4"])
-    assert done.exit_code == 1
-    assert "--hidden, --seq-len cannot change when resuming" in done.output
+    done = invoke("train", "--out", str(out), "--resume", "--hidden", "32", "--seq-len", "4")
+    assert_user_error(done, "--hidden, --seq-len cannot change when resuming", status=1)
 
 
 # ----- checkpoint cadence ----------------------------------------------------------------
@@ -163,7 +165,7 @@ def test_resume_records_changed_options_and_a_new_lr_replaces_the_lowered_one(tm
 def test_checkpoint_every_takes_steps_or_a_time(tmp_path, value, expected):
     corpus = tmp_path / "text.txt"
     corpus.write_text(word_text(2000), encoding="utf-8")
-    done = _cli_train("--data", str(corpus), "--out", str(tmp_path / "run"), "--hidden", "8", "--layers", "1",
+    done = invoke("train", "--data", str(corpus), "--out", str(tmp_path / "run"), "--hidden", "8", "--layers", "1",
                       "--batch-size", "2", "--seq-len", "8", "--max-steps", "1", "--threads", "1",
                       "--sample-length", "0", "--checkpoint-every", value)  # fmt: skip
     assert done.exit_code == 0, done.output
@@ -175,31 +177,23 @@ def test_checkpoint_every_takes_steps_or_a_time(tmp_path, value, expected):
 def test_checkpoint_every_rejects_nonsense(tmp_path, value):
     corpus = tmp_path / "text.txt"
     corpus.write_text(word_text(2000), encoding="utf-8")
-    done = CliRunner().invoke(cli, ["train", "--data", str(corpus), "--out", str(tmp_path / "run"),
-                                    "--checkpoint-every", value])  # fmt: skip
-    assert done.exit_code == 2
-    assert "--checkpoint-every" in done.output and "90s, 10m or 2h" in done.output
+    done = invoke("train", "--data", str(corpus), "--out", str(tmp_path / "run"), "--checkpoint-every", value)
+    assert_user_error(done, "--checkpoint-every", "90s, 10m or 2h", status=2)
     assert not (tmp_path / "run").exists()
 
 
 def test_time_based_checkpoints(tmp_path):
     corpus = make_corpus(tmp_path, word_text(2000))
     events: list[dict] = []
-    trainer = new_trainer(tmp_path / "run", corpus, events=events,
+    slow = lambda: time.sleep(0.02) or False  # noqa: E731  (asked once a step: about three steps per 0.05 s)
+    trainer = new_trainer(tmp_path / "run", corpus, events=events, should_stop=slow,
                           train=dict(max_steps=12, checkpoint_every=None, checkpoint_seconds=0.05, eval_every=1000))  # fmt: skip
-    original = trainer._train_step
-
-    def slow_step(x, y):
-        time.sleep(0.02)  # about three steps per 0.05 s
-        return original(x, y)
-
-    trainer._train_step = slow_step
     trainer.run()
     steps = [e["step"] for e in of_kind(events, "checkpoint")]
     assert steps[0] == 0 and steps[-1] == 12
     middle = steps[1:-1]
     assert 2 <= len(middle) <= 6, steps  # by time, not at every step and not never
-    assert all(b - a >= 2 for a, b in zip(steps, steps[1:-1]))
+    assert all(b - a >= 2 for a, b in zip(steps, steps[1:-1], strict=False))
 
 
 # ----- the guard ---------------------------------------------------------------------------
@@ -292,13 +286,13 @@ def test_a_resume_that_fails_leaves_config_json_alone(tmp_path):
     corpus = tmp_path / "text.txt"
     corpus.write_text(word_text(3000, seed=5), encoding="utf-8")
     out = tmp_path / "run"
-    done = _cli_train("--data", str(corpus), "--out", str(out), "--hidden", "16", "--layers", "1", "--embed", "8",
+    done = invoke("train", "--data", str(corpus), "--out", str(out), "--hidden", "16", "--layers", "1", "--embed", "8",
                       "--batch-size", "4", "--seq-len", "8", "--threads", "1", "--sample-length", "0", "--max-steps", "3")  # fmt: skip
     assert done.exit_code == 0, done.output
     before = (out / "config.json").read_bytes()
     (out / LAST / "trainer_state.pt").write_bytes(b"not a checkpoint")
-    failed = CliRunner().invoke(cli, ["train", "--out", str(out), "--resume", "--max-steps", "9", "--threads", "1"])
-    assert failed.exit_code == 1 and "trainer_state.pt" in failed.output
+    failed = invoke("train", "--out", str(out), "--resume", "--max-steps", "9", "--threads", "1")
+    assert_user_error(failed, "trainer_state.pt", status=1, alone=False)
     assert (out / "config.json").read_bytes() == before
 
 
@@ -311,15 +305,14 @@ def test_a_foreign_tokenizer_of_the_same_size_is_refused(tmp_path):
         corpus = tmp_path / f"{name}.txt"
         corpus.write_text("".join(rng.choice(alphabet) for _ in range(3000)), encoding="utf-8")
         runs[name] = tmp_path / name
-        done = _cli_train("--data", str(corpus), "--out", str(runs[name]), *tiny)
+        done = invoke("train", "--data", str(corpus), "--out", str(runs[name]), *tiny)
         assert done.exit_code == 0, done.output
     config = json.loads((runs["mine"] / "config.json").read_text())
     assert len(config["tokenizer_fingerprint"]) == 32
     (runs["mine"] / "tokenizer.json").write_bytes((runs["other"] / "tokenizer.json").read_bytes())
     for command in (["generate", str(runs["mine"]), "-n", "3"], ["perplexity", str(runs["mine"]), "--split", "val"]):
-        result = CliRunner().invoke(cli, command)
-        assert result.exit_code == 1
-        assert "tokenizer.json is not the tokenizer this run was trained with" in result.output
+        result = invoke(*command)
+        assert_user_error(result, "tokenizer.json is not the tokenizer this run was trained with", status=1)
 
 
 def test_no_checkpoint_is_taken_of_weights_that_just_failed(tmp_path):

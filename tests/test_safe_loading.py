@@ -32,20 +32,16 @@ from typing import Callable
 
 import pytest
 import torch
-from conftest import REPO, train_into
+from helpers import REPO, assert_user_error, child_env, invoke, numbered_lines, run_cli, snapshot, train_tiny_run
 from safetensors.torch import load_file, save_file
-from test_cli import assert_cli_error, assert_user_error, child_env, invoke, run_cli, snapshot
 
-from charlm.config import ModelConfig, TrainConfig
 from charlm.errors import CharlmError
 from charlm.inference.generate import Generator
 from charlm.runs.directory import BEST, CONFIG_FILE, LAST, STATE_FILE, WEIGHTS_FILE, RunDirectory
-from charlm.text.corpus import prepare_corpus
 from charlm.text.tokenizer import SPM_MODEL_FILE, TOKENIZER_FILE, load_tokenizer
 
 STEPS = 12
-TINY_MODEL = dict(cell="lstm", layers=1, hidden=16, embed=8, dropout=0.0, tie_weights=False)
-TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(150))
+TEXT = numbered_lines(150)
 OTHER_TEXT = "".join(f"{i} banana bandana\n" for i in range(400))  # a smaller vocabulary
 MARKER = "PAYLOAD_RAN"  # the file the payload creates, relative to the loading process's folder
 
@@ -58,21 +54,10 @@ class Payload:
 
 
 def build_run(root: Path, text: str, tokenizer: str = "char", vocab_size: int = 2000) -> Path:
-    """A tiny LSTM trained for STEPS steps into root/run: config, tokenizer, best and last."""
-    root.mkdir(parents=True, exist_ok=True)
-    data = root / "corpus.txt"
-    data.write_text(text, encoding="utf-8")
-    corpus = prepare_corpus(str(data), val_fraction=0.1, tokenizer=tokenizer, vocab_size=vocab_size,
-                            cache_root=root / "cache")  # fmt: skip
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **TINY_MODEL)
-    train_config = TrainConfig(
-        data=str(data), tokenizer=tokenizer, vocab_size=vocab_size, batch_size=4, seq_len=16, warmup_steps=2,
-        max_steps=STEPS, eval_every=STEPS, eval_batch_size=2, checkpoint_every=STEPS, log_every=STEPS,
-        precision="fp32", device="cpu", sample_length=0,
-    )  # fmt: skip
-    result = train_into(root / "run", corpus, model_config, train_config)
-    assert result.step == STEPS
-    return root / "run"
+    """A tiny LSTM (hidden 16) trained for STEPS steps into root/run: config, tokenizer, best and last."""
+    return train_tiny_run(root, text, tokenizer=tokenizer, vocab_size=vocab_size, model=dict(hidden=16, embed=8),
+                          batch_size=4, seq_len=16, warmup_steps=2, max_steps=STEPS, eval_every=STEPS,
+                          eval_batch_size=2, checkpoint_every=STEPS, log_every=STEPS)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +101,8 @@ def assert_refused(command: str, run: Path, text_file: Path, names: Path, *needl
     """The command fails with exit 1 and one error line (the last of stderr) naming the file."""
     result = run_command(command, run, text_file)
     # resume reports its corpus before it reaches the checkpoint; the others fail first thing
-    line = assert_cli_error(result, alone=command != "resume")
-    assert result.exit_code == 1, line
+    line = assert_user_error(result, *needles, status=1, alone=command != "resume")
     assert str(names) in line, f"the error does not name {names}: {line}"
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in: {line}"
     return line
 
 
@@ -162,6 +144,7 @@ def prove_it_runs_code(evil: Path, form: str, folder: Path) -> None:
     assert (folder / MARKER).exists(), "the payload should run under plain pickle"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["pickle", "torch-zip"])
 def test_malicious_trainer_state_is_refused_and_never_runs(form, runs, tmp_path):
     run = Path(shutil.copytree(runs["char"], tmp_path / "run"))
@@ -175,7 +158,7 @@ def test_malicious_trainer_state_is_refused_and_never_runs(form, runs, tmp_path)
     done = run_cli("train", "--out", str(run), "--resume", "--max-steps", str(STEPS + 4), "--sample-length", "0",
                    "--threads", "1", env=child_env(), cwd=work)  # fmt: skip
     assert done.returncode == 1
-    line = assert_user_error(done.returncode, done.stdout, done.stderr, alone=False)
+    line = assert_user_error(done, alone=False)
     assert str(run / LAST / STATE_FILE) in line
     assert "never runs code" in line
     assert "UserWarning" not in done.stderr  # torch's warnings about the pickle stay quiet
@@ -484,7 +467,7 @@ def test_model_file_must_be_a_plain_name_in_the_run_folder(model_file, spm_run, 
         load_tokenizer(spm_run)
     assert str(spm_run / TOKENIZER_FILE) in str(caught.value)
     result = invoke("generate", str(spm_run), "-n", "3", "--threads", "1")
-    line = assert_cli_error(result)
+    line = assert_user_error(result)
     assert "model_file" in line and str(spm_run / TOKENIZER_FILE) in line
 
 

@@ -19,7 +19,7 @@ import unicodedata
 
 import numpy as np
 import pytest
-from conftest import shared_file
+from helpers import shared_file
 
 from charlm.errors import CharlmError
 from charlm.text.sentencepiece import SPM_CHUNK_BYTES, SentencePieceTokenizer, spm_sentences
@@ -291,7 +291,7 @@ def test_char_encode_is_a_numpy_integer_array():
 def test_char_ids_fit_their_dtype_at_the_boundaries(distinct):
     # vocab = distinct + 1; the largest id must not wrap around in the encode table's dtype
     valid = (cp for cp in range(0x20, 0x10FFFF) if not 0xD800 <= cp <= 0xDFFF)  # no surrogates
-    chars = "".join(chr(cp) for _, cp in zip(range(distinct), valid))
+    chars = "".join(chr(cp) for _, cp in zip(range(distinct), valid, strict=False))
     tok = CharTokenizer.fit([chars])
     assert tok.vocab_size == distinct + 1
     ids = tok.encode(chars)

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, assert_user_error, child_env, invoke, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import TINY, assert_cli_error, assert_user_error, child_env, invoke, run_cli
 
 from charlm.errors import CharlmError
 from charlm.inference.utf8 import REJECT, Utf8Guard, transition_table
@@ -131,7 +131,7 @@ def assert_ids(tok, ids: np.ndarray) -> list[int]:
 def cut(text: str, positions: list[int]) -> list[str]:
     """text cut at the given character positions (any order, repeats allowed)."""
     bounds = [0, *sorted({p % (len(text) + 1) for p in positions}), len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def streamed(tok, ids: list[int]) -> tuple[list[str], str]:
@@ -478,6 +478,7 @@ def spm_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_generate_prompt_with_bytes_that_are_not_utf8_is_a_clear_error(spm_run):
     """A real process: argv bytes that are not UTF-8 reach Python as lone surrogates (this
     was the prompt echoed to stdout, then a TypeError traceback from sentencepiece)."""
@@ -485,7 +486,7 @@ def test_generate_prompt_with_bytes_that_are_not_utf8_is_a_clear_error(spm_run):
     prompt = b"ab\xffcd"
     args = ["generate", str(spm_run), "--prompt", prompt, "--max-tokens", "5"]
     done = run_cli(*args, env=child_env())  # type: ignore[arg-type]
-    error = assert_user_error(done.returncode, done.stdout, done.stderr)
+    error = assert_user_error(done)
     assert error == "charlm: error: --prompt: character 2 is not valid UTF-8; give the prompt as UTF-8 text"
 
 
@@ -493,5 +494,5 @@ def test_perplexity_json_line_with_a_surrogate_escape_is_a_clear_error(spm_run, 
     lines = tmp_path / "lines.jsonl"
     lines.write_text('{"text": "fine"}\n{"text": "bad \\udc80 escape"}\n', encoding="utf-8")
     result = invoke("perplexity", str(spm_run), "--data", str(lines), "--per-line", "--field", "text")
-    error = assert_cli_error(result, alone=False)
+    error = assert_user_error(result, alone=False)
     assert "character 4 is U+DC80, a lone surrogate" in error

@@ -33,14 +33,22 @@ FIXED = ["--device", "cpu", "--threads", "1", "--precision", "fp32", "--seed", "
 
 def cpu_facts() -> dict:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), platform.processor())
+    model = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return {"cpu": model, "avx512_bf16": "avx512_bf16" in flags}
 
 
 def environment(tree: Path, cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHARLM_", "PYTHON"))}
-    return {**env, "PYTHONPATH": str(tree), "CHARLM_DATA_DIR": str(cache / "data"), "CHARLM_CACHE_DIR": str(cache / "cache")}
+    return {
+        **env,
+        "PYTHONPATH": str(tree),
+        "CHARLM_DATA_DIR": str(cache / "data"),
+        "CHARLM_CACHE_DIR": str(cache / "cache"),
+    }
 
 
 def imported_from(tree: Path, env: dict, cwd: Path) -> Path:
@@ -90,16 +98,21 @@ def main() -> int:
         data = training_text(work)
         rows, imports, equal = [], {}, True
         for cell in options.cells:
-            (before, imports["old"]), (after, imports["new"]) = train(old, cell, data, work), train(REPO, cell, data, work)
+            (before, imports["old"]), (after, imports["new"]) = (
+                train(old, cell, data, work),
+                train(REPO, cell, data, work),
+            )
             if [r[:2] for r in before] != [r[:2] for r in after]:
                 print(f"{cell}: the runs logged different events: {before} vs {after}")
                 equal = False
-            for (kind, step, a), (_, _, b) in zip(before, after):
+            for (kind, step, a), (_, _, b) in zip(before, after, strict=False):
                 rows.append({"cell": cell, "event": kind, "step": step, "old": a, "new": b, "equal": a == b})
                 equal &= a == b
     print(f"{'cell':5} {'event':6} {'step':>5}  {'loss at ' + options.commit:22} {'loss now':22} equal")
     for r in rows:
-        print(f"{r['cell']:5} {r['event']:6} {r['step']:>5}  {r['old']:22} {r['new']:22} {'yes' if r['equal'] else 'NO'}")
+        print(
+            f"{r['cell']:5} {r['event']:6} {r['step']:>5}  {r['old']:22} {r['new']:22} {'yes' if r['equal'] else 'NO'}"
+        )
     print(f"{sum(r['equal'] for r in rows)} of {len(rows)} losses equal to the last digit; charlm imported from "
           f"{imports['old']} and {imports['new']}")  # fmt: skip
     write_result(options.json, {"commit": options.commit, "equal": equal, "data": str(data), "options": SHORT_RUN + FIXED,

@@ -31,26 +31,24 @@ and asks `should_stop()` once per step (the CLI sets that on Ctrl-C).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable, Optional
 
 import torch
 
 from charlm.config import TrainConfig
-from charlm.errors import CharlmError, first_line
 from charlm.runs.directory import RunDirectory
 from charlm.training import distributed
 from charlm.training.checkpoint import Checkpointer, EventLog
 from charlm.training.distributed import SINGLE, World
-from charlm.training.faults import FaultPlan, OutOfMemory
-from charlm.training.guard import DivergenceGuard, StepRecord, react
-from charlm.training.loop import Loop, finite_or_text
-from charlm.training.optim import build_optimizer, learning_rate
+from charlm.training.faults import FaultPlan
+from charlm.training.guard import DivergenceGuard
+from charlm.training.optim import build_optimizer
+from charlm.training.recovery import Recovery
 from charlm.training.state import TrainerState, damaged, empty_log
 from charlm.training.task import Task
 
 
-class Engine(Loop):
+class Engine(Recovery):
     """Trains `task` under `config` into `run_dir`; see the module docstring.
 
     config is a TrainConfig; the engine reads its seed, lr, min_lr_ratio, warmup_steps,
@@ -142,7 +140,9 @@ class Engine(Loop):
     def trainer_state(self) -> dict[str, Any]:
         """The trainer state as a checkpoint would save it now (under torchrun, every process
         must call this together)."""
-        return self.capture(self.task.state_dict(self.epoch), self.checkpoints.gather_rngs(), self.metrics_size).to_dict()
+        return self.capture(
+            self.task.state_dict(self.epoch), self.checkpoints.gather_rngs(), self.metrics_size
+        ).to_dict()
 
     def load_state(self, saved: dict[str, Any], keep_elapsed: bool = False) -> TrainerState:
         """Continue from a saved trainer state (any readable format); the weights are the caller's."""
@@ -249,104 +249,6 @@ class Engine(Loop):
         self.task.end_step(bad)
         self._pending.append(record)
 
-    def _read_back(self) -> bool:
-        """Read the records of the steps run since the last call; count, log and react to
-        bad steps in order. True when the run was rolled back."""
-        records = self.guard.read(self._pending)
-        self._pending = []
-        first = self.step - len(records) + 1
-        for number, record in enumerate(records, start=first):
-            self._last_grad_norm = record.grad_norm
-            self._streak = record.streak
-            if not record.bad:
-                self._log["loss_sum"] += record.loss
-                self._log["good"] += 1
-                if number > self._recovering_until:
-                    self._rollbacks_in_a_row = 0
-                continue
-            self._log["skipped"] += 1
-            self.skipped_steps += 1
-            if self._on_bad_step(number, record):
-                return True
-        return False
-
-    # ----- divergence and out of memory ---------------------------------------------------
-    def _on_bad_step(self, number: int, record: StepRecord) -> bool:
-        """Carry out guard.react's decision after bad step `number`; True if rolled back."""
-        config = self.config
-        reason = self.guard.describe(record)
-        reaction = react(config.on_divergence, record.streak, config.skip_limit, self._rollbacks_in_a_row,
-                         config.max_rollbacks)  # fmt: skip
-        self.emit({"event": "bad_step", "step": number, "reason": reason, "loss": finite_or_text(record.loss),
-                   "grad_norm": finite_or_text(record.grad_norm), "streak": record.streak, "action": reaction.action})
-        if reaction.give_up:
-            if reaction.action == "stop":
-                why = f"{reason} (--on-divergence stop)"
-            else:
-                why = (f"{reason}, {record.streak} bad step(s) in a row after {self._rollbacks_in_a_row} "
-                       f"rollback(s) (--max-rollbacks {config.max_rollbacks})")  # fmt: skip
-            raise self._give_up(why, number)
-        if reaction.action == "skip":
-            return False
-        failed_at, scale, skipped = number, self.lr_scale, self.skipped_steps
-        self._restore_last_checkpoint(keep_elapsed=True)  # the time budget keeps running
-        self.lr_scale = min(scale, self.lr_scale) * config.rollback_lr_factor
-        self.skipped_steps = skipped  # the skips that led here still count, though their steps are redone
-        self._rollbacks_in_a_row += 1
-        self.rollbacks += 1
-        self._recovering_until = max(self._recovering_until, failed_at)
-        self._checkpoint_owed = False  # back at a checkpoint
-        self.emit({"event": "rollback", "step": failed_at, "to_step": self.step, "lr_scale": self.lr_scale,
-                   "lr": learning_rate(config, self.step, self.progress()) * self.lr_scale,
-                   "in_a_row": self._rollbacks_in_a_row})  # fmt: skip
-        return True
-
-    def _give_up(self, why: str, step: int) -> CharlmError:
-        if self.last_checkpoint_step is not None:
-            lower = self.config.lr * self.lr_scale / 2
-            intact = f"the checkpoint from step {self.last_checkpoint_step} is intact: continue it with a lower --lr, e.g. "
-            intact += self.events.resume_command(extra=f"--lr {lower:.3g}")
-        else:
-            intact = "start again with a lower --lr"
-        return CharlmError(f"training diverged at step {step}: {why}; {intact} (or try --precision fp32)")
-
-    def _out_of_memory(self, exc: BaseException) -> CharlmError:
-        """Save what is consistent and explain; the caller raises the result."""
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        saved = False
-        if self._pending and not self.world.distributed and not self._updating:
-            self._read_back()  # the steps completed before this one count, whatever they were
-        # weights and optimizer untouched by the failed step; under torchrun the other
-        # processes are waiting in a collective of this step, so nothing can be gathered
-        if not self._updating and not self.world.distributed:
-            try:
-                self.save()
-                saved = True
-            except (CharlmError, OSError, RuntimeError):
-                pass
-        where = (
-            f"the run is saved at step {self.step}"
-            if saved
-            else f"the checkpoint from step {self.last_checkpoint_step} is intact"
-            if self.last_checkpoint_step is not None
-            else "no checkpoint was written"
-        )
-        return CharlmError(
-            f"out of memory at step {self.step + 1} ({first_line(exc)}); {where}. Free memory and continue with: "
-            f"{self.events.resume_command()}, or start a new run with a smaller --batch-size or --hidden"
-        )
-
-    def guarded(self, action: Callable[[], None]) -> None:
-        """Run `action`, turning running out of memory into the message that says how to go on."""
-        try:
-            action()
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise self._out_of_memory(exc) from None
-            raise
-
     # ----- validation -------------------------------------------------------------------
     def validate(self) -> Optional[float]:
         """The task's validation, logged as an eval event; returns its loss."""
@@ -368,11 +270,3 @@ class Engine(Loop):
         improved = loss is not None and (previous_best is None or loss < previous_best)
         # without a validation split, "best" simply follows the latest weights
         self.save(best=improved or loss is None)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's CUDA OOM error, or the CPU allocator's RuntimeError."""
-    if isinstance(exc, OutOfMemory):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -63,14 +63,14 @@ def react(on_divergence: str, streak: int, skip_limit: int, rollbacks_in_a_row: 
 
 
 class DivergenceGuard:
-    def __init__(self, spike_factor: float, check_gradient: bool = True, device: torch.device = torch.device("cpu")):
+    def __init__(self, spike_factor: float, check_gradient: bool = True, device: Optional[torch.device] = None):
         """spike_factor 0 turns spike detection off; non-finite losses are always bad.
 
         check_gradient False leaves non-finite gradients to fp16's GradScaler, which skips
         those steps itself and lowers its scale."""
         self.spike_factor = spike_factor
         self.check_gradient = check_gradient
-        self.device = device
+        self.device = device = device or torch.device("cpu")
         self._average = torch.full((), math.nan, dtype=torch.float64, device=device)  # NaN: no good step yet
         self._good_steps = torch.zeros((), dtype=torch.int64, device=device)
         self._bad_streak = torch.zeros((), dtype=torch.int64, device=device)

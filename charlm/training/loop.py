@@ -154,7 +154,7 @@ class Loop:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
-            self.guarded(lambda: self._train_step(batch))
+            self.guarded(lambda: self._train_step(batch))  # noqa: B023  (called at once)
             tokens = self.task.batch_tokens(batch)
             self.step += 1
             self.window += 1

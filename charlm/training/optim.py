@@ -26,9 +26,17 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over two groups, in this order: weight matrices (decayed), then biases and the
+    embedding table (not decayed: a lookup, not a map).
+
+    A tied output matrix (tie_weights: head.weight IS embedding.weight) is one parameter,
+    which named_parameters() names once, as embedding.weight: it is not decayed. That is on
+    purpose: it keeps the numerics of every run trained so far (decaying it would change
+    them), and the tied matrix is first of all the embedding table. The group order and the
+    parameter order within each group are part of the checkpoint format (the optimizer's
+    state is saved by index), so neither may change."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        # Matrices decay; biases and the embedding table (a lookup, not a map) do not.
         (decay if param.dim() >= 2 and not name.startswith("embedding") else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},

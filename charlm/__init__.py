@@ -1,6 +1,14 @@
-"""charlm: recurrent language models (RNN, LSTM, GRU) trained on any text, char level first."""
+"""charlm: recurrent language models (RNN, LSTM, GRU) trained on any text, char level first.
 
-__version__ = "0.1.0"
+The version lives in pyproject.toml only; an installed charlm reads it from its metadata.
+"""
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("charlm")
+except _metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
+    __version__ = "0+unknown"
 
 from charlm.config import ModelConfig, RunConfig, SampleConfig, TrainConfig  # noqa: E402
 from charlm.errors import CharlmError  # noqa: E402
@@ -8,10 +16,10 @@ from charlm.inference.generate import Generator  # noqa: E402
 from charlm.inference.scoring import Score, score_sequences, score_tokens  # noqa: E402
 from charlm.models.rnnlm import RNNLM  # noqa: E402
 from charlm.runs.directory import RunDirectory  # noqa: E402
+from charlm.tasks.language_model import Trainer, TrainResult  # noqa: E402
 from charlm.text.corpus import PreparedCorpus, prepare_corpus  # noqa: E402
 from charlm.text.sentencepiece import SentencePieceTokenizer  # noqa: E402
 from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer  # noqa: E402
-from charlm.tasks.language_model import Trainer, TrainResult  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -1,8 +1,10 @@
 """Configuration dataclasses and their plain-dict (JSON) form.
 
-ModelConfig says how to build an RNNLM; TrainConfig says how to train one; SampleConfig
-says how to pick the next token. Each validates itself and raises CharlmError with the
-option name a user would type, so the CLI and the library report the same thing.
+ModelShape is an RNNLM's shape as the options give it, before there is a vocabulary;
+ModelConfig is that shape plus the vocabulary size, all it takes to build the model
+(`shape.with_vocabulary(V)`, `config.shape`). TrainConfig says how to train one;
+SampleConfig says how to pick the next token. Each validates itself and raises an
+OptionError naming the field ("lr must be positive"), which the CLI shows with its flag.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, OptionError, check
 
 CELLS = ("lstm", "gru", "rnn-tanh", "rnn-relu")
 CELL_ALIASES = {"rnn": "rnn-tanh"}
@@ -29,15 +31,6 @@ MAX_SPM_VOCAB = 1_000_000
 DEFAULT_MAX_TIME_S = 300.0
 
 
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise CharlmError(f"{_option(name)} {message}")
-
-
 def _check_types(obj) -> None:
     """Whole numbers must be ints (a hand-edited config may say 1.5), floats may be ints."""
     for f in dataclasses.fields(obj):
@@ -46,16 +39,16 @@ def _check_types(obj) -> None:
             continue
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         if kind in ("int", "Optional[int]") and (isinstance(value, bool) or not isinstance(value, int)):
-            raise CharlmError(f"{_option(f.name)} must be a whole number (got {value!r})")
+            raise OptionError(f.name, f"must be a whole number (got {value!r})")
         if kind in ("float", "Optional[float]"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise CharlmError(f"{_option(f.name)} must be a number (got {value!r})")
+                raise OptionError(f.name, f"must be a number (got {value!r})")
             if not math.isfinite(value):  # nan slips past every range check; inf is never meant
-                raise CharlmError(f"{_option(f.name)} must be a finite number (got {value})")
+                raise OptionError(f.name, f"must be a finite number (got {value})")
         if kind == "bool" and not isinstance(value, bool):
-            raise CharlmError(f"{_option(f.name)} must be true or false (got {value!r})")
+            raise OptionError(f.name, f"must be true or false (got {value!r})")
         if kind in ("str", "Optional[str]") and not isinstance(value, str):
-            raise CharlmError(f"{_option(f.name)} must be text (got {value!r})")
+            raise OptionError(f.name, f"must be text (got {value!r})")
 
 
 def _from_dict(cls, data: dict[str, Any], what: str):
@@ -83,10 +76,9 @@ class _Options:
 
 
 @dataclass
-class ModelConfig(_Options):
-    """Shape of an RNNLM: embedding -> stacked recurrent cell -> output head."""
+class ModelShape(_Options):
+    """An RNNLM's shape without its vocabulary: embedding -> stacked recurrent cell -> output head."""
 
-    vocab_size: int
     cell: str = "lstm"
     layers: int = 2
     hidden: int = 384
@@ -99,13 +91,42 @@ class ModelConfig(_Options):
 
     def validate(self) -> None:
         _check_types(self)
-        _check(self.cell in CELLS, "cell", f"must be one of {', '.join(CELLS)} (got {self.cell!r})")
-        _check(self.vocab_size >= 2, "vocab_size", f"must be at least 2 (got {self.vocab_size})")
-        _check(self.layers >= 1, "layers", f"must be at least 1 (got {self.layers})")
-        _check(self.hidden >= 1, "hidden", f"must be at least 1 (got {self.hidden})")
-        _check(self.embed >= 1, "embed", f"must be at least 1 (got {self.embed})")
-        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
+        check(self.cell in CELLS, "cell", f"must be one of {', '.join(CELLS)} (got {self.cell!r})")
+        check(self.layers >= 1, "layers", f"must be at least 1 (got {self.layers})")
+        check(self.hidden >= 1, "hidden", f"must be at least 1 (got {self.hidden})")
+        check(self.embed >= 1, "embed", f"must be at least 1 (got {self.embed})")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
 
+    def with_vocabulary(self, vocab_size: int) -> "ModelConfig":
+        """The whole model configuration, once the tokenizer says how many ids there are."""
+        return ModelConfig(vocab_size=vocab_size, **self.to_dict())
+
+
+@dataclass
+class ModelConfig(_Options):
+    """Everything it takes to build an RNNLM: its shape and its vocabulary size (V).
+
+    The fields are ModelShape's plus vocab_size, in config.json's order."""
+
+    vocab_size: int
+    cell: str = ModelShape.cell
+    layers: int = ModelShape.layers
+    hidden: int = ModelShape.hidden
+    embed: int = ModelShape.embed
+    dropout: float = ModelShape.dropout
+    tie_weights: bool = ModelShape.tie_weights
+
+    def __post_init__(self) -> None:
+        self.cell = CELL_ALIASES.get(self.cell, self.cell)
+
+    @property
+    def shape(self) -> ModelShape:
+        return ModelShape(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelShape)})
+
+    def validate(self) -> None:
+        _check_types(self)
+        check(self.vocab_size >= 2, "vocab_size", f"must be at least 2 (got {self.vocab_size})")
+        self.shape.validate()
 
 
 @dataclass
@@ -158,61 +179,61 @@ class TrainConfig(_Options):
 
     def validate(self) -> None:
         _check_types(self)
-        _check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1) (got {self.val_fraction})")
-        _check(0.0 <= self.test_fraction < 1.0, "test_fraction", f"must be in [0, 1) (got {self.test_fraction})")
-        _check(
+        check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1) (got {self.val_fraction})")
+        check(0.0 <= self.test_fraction < 1.0, "test_fraction", f"must be in [0, 1) (got {self.test_fraction})")
+        check(
             self.val_fraction + self.test_fraction < 1.0,
             "val_fraction",
             "plus --test-fraction must leave something to train on (their sum must be below 1)",
         )
-        _check(self.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {', '.join(TOKENIZERS)}")
-        _check(self.spm_model_type in SPM_MODEL_TYPES, "spm_model_type", f"must be one of {', '.join(SPM_MODEL_TYPES)}")
-        _check(self.encoding_errors in ENCODING_ERRORS, "encoding_errors", f"must be one of {', '.join(ENCODING_ERRORS)}")
+        check(self.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {', '.join(TOKENIZERS)}")
+        check(self.spm_model_type in SPM_MODEL_TYPES, "spm_model_type", f"must be one of {', '.join(SPM_MODEL_TYPES)}")
+        check(self.encoding_errors in ENCODING_ERRORS, "encoding_errors", f"must be one of {', '.join(ENCODING_ERRORS)}")
         if self.tokenizer == "sentencepiece":
-            _check(
+            check(
                 self.vocab_size > 260,
                 "vocab_size",
                 f"must be above 260 for sentencepiece, which reserves 256 byte pieces (got {self.vocab_size})",
             )
             # SentencePiece ran for minutes without end at 2**31-1 in a trial; a million is plenty.
-            _check(
+            check(
                 self.vocab_size <= MAX_SPM_VOCAB,
                 "vocab_size",
                 f"must be at most {MAX_SPM_VOCAB:,} for sentencepiece (got {self.vocab_size:,})",
             )
-        _check(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
-        _check(self.seq_len >= 1, "seq_len", f"must be at least 1 (got {self.seq_len})")
-        _check(self.lr > 0, "lr", f"must be positive (got {self.lr})")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1] (got {self.min_lr_ratio})")
-        _check(self.warmup_steps >= 0, "warmup_steps", f"must be 0 or more (got {self.warmup_steps})")
-        _check(self.weight_decay >= 0, "weight_decay", f"must be 0 or more (got {self.weight_decay})")
-        _check(self.grad_clip >= 0, "grad_clip", f"must be 0 (off) or more (got {self.grad_clip})")
-        _check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
-        _check(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
-        _check(0 <= self.seed < MAX_SEED, "seed", f"must be from 0 to {MAX_SEED - 1} (got {self.seed})")
-        _check(self.threads is None or self.threads >= 1, "threads", f"must be at least 1 (got {self.threads})")
-        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1 (got {self.max_steps})")
-        _check(self.max_time is None or self.max_time > 0, "max_time", f"must be positive (got {self.max_time})")
-        _check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive (got {self.epochs})")
-        _check(self.eval_every >= 1, "eval_every", f"must be at least 1 (got {self.eval_every})")
-        _check(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1 (got {self.eval_batch_size})")
-        _check(
+        check(self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})")
+        check(self.seq_len >= 1, "seq_len", f"must be at least 1 (got {self.seq_len})")
+        check(self.lr > 0, "lr", f"must be positive (got {self.lr})")
+        check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1] (got {self.min_lr_ratio})")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be 0 or more (got {self.warmup_steps})")
+        check(self.weight_decay >= 0, "weight_decay", f"must be 0 or more (got {self.weight_decay})")
+        check(self.grad_clip >= 0, "grad_clip", f"must be 0 (off) or more (got {self.grad_clip})")
+        check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        check(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+        check(0 <= self.seed < MAX_SEED, "seed", f"must be from 0 to {MAX_SEED - 1} (got {self.seed})")
+        check(self.threads is None or self.threads >= 1, "threads", f"must be at least 1 (got {self.threads})")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1 (got {self.max_steps})")
+        check(self.max_time is None or self.max_time > 0, "max_time", f"must be positive (got {self.max_time})")
+        check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive (got {self.epochs})")
+        check(self.eval_every >= 1, "eval_every", f"must be at least 1 (got {self.eval_every})")
+        check(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1 (got {self.eval_batch_size})")
+        check(
             self.checkpoint_every is None or self.checkpoint_every >= 1,
             "checkpoint_every",
             f"must be at least 1 (got {self.checkpoint_every})",
         )
-        _check(self.log_every >= 1, "log_every", f"must be at least 1 (got {self.log_every})")
-        _check(
+        check(self.log_every >= 1, "log_every", f"must be at least 1 (got {self.log_every})")
+        check(
             self.checkpoint_seconds is None or self.checkpoint_seconds > 0,
-            "checkpoint_every",
+            "checkpoint_seconds",
             f"must be a positive time (got {self.checkpoint_seconds} s)",
         )
-        _check(self.on_divergence in DIVERGENCE_ACTIONS, "on_divergence", f"must be one of {', '.join(DIVERGENCE_ACTIONS)}")
-        _check(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", f"must be 0 (off) or above 1 (got {self.spike_factor})")
-        _check(self.skip_limit >= 1, "skip_limit", f"must be at least 1 (got {self.skip_limit})")
-        _check(self.max_rollbacks >= 0, "max_rollbacks", f"must be 0 or more (got {self.max_rollbacks})")
-        _check(0 < self.rollback_lr_factor <= 1, "rollback_lr_factor", f"must be in (0, 1] (got {self.rollback_lr_factor})")
-        _check(self.sample_length >= 0, "sample_length", f"must be 0 or more (got {self.sample_length})")
+        check(self.on_divergence in DIVERGENCE_ACTIONS, "on_divergence", f"must be one of {', '.join(DIVERGENCE_ACTIONS)}")
+        check(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", f"must be 0 (off) or above 1 (got {self.spike_factor})")
+        check(self.skip_limit >= 1, "skip_limit", f"must be at least 1 (got {self.skip_limit})")
+        check(self.max_rollbacks >= 0, "max_rollbacks", f"must be 0 or more (got {self.max_rollbacks})")
+        check(0 < self.rollback_lr_factor <= 1, "rollback_lr_factor", f"must be in (0, 1] (got {self.rollback_lr_factor})")
+        check(self.sample_length >= 0, "sample_length", f"must be 0 or more (got {self.sample_length})")
 
     def stop_limits(self) -> tuple[Optional[int], Optional[float], Optional[float]]:
         """(max_steps, max_time, epochs) with the default time budget filled in."""
@@ -232,13 +253,13 @@ class SampleConfig(_Options):
 
     def validate(self) -> None:
         _check_types(self)
-        _check(
+        check(
             self.temperature >= 0 and math.isfinite(self.temperature),
             "temperature",
             f"must be 0 (greedy) or a finite positive number (got {self.temperature})",
         )
-        _check(self.top_k is None or self.top_k >= 1, "top_k", f"must be at least 1 (got {self.top_k})")
-        _check(
+        check(self.top_k is None or self.top_k >= 1, "top_k", f"must be at least 1 (got {self.top_k})")
+        check(
             self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})"
         )
 

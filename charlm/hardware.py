@@ -1,4 +1,5 @@
-"""Device, precision and thread choices, and the autocast context that goes with them."""
+"""Device, precision and thread choices, the autocast context that goes with them, and
+the memory a new allocation can still get (to refuse what cannot fit before allocating it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, OptionError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -16,9 +17,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise CharlmError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        raise OptionError("device", "cuda: no CUDA device is available here; use --device cpu or auto")
     if name not in ("cpu", "cuda"):
-        raise CharlmError(f"--device must be auto, cpu or cuda (got {name!r})")
+        raise OptionError("device", f"must be auto, cpu or cuda (got {name!r})")
     return torch.device(name)
 
 
@@ -37,7 +38,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_supports_bf16() else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise CharlmError("--precision bf16: this GPU has no bf16 support; use fp16 or fp32")
+        raise OptionError("precision", "bf16: this GPU has no bf16 support; use fp16 or fp32")
     return precision
 
 
@@ -59,8 +60,8 @@ def check_precision_runs(cell: str, device: torch.device, precision: str) -> Non
         logits.float().sum().backward()
     except RuntimeError:
         other = "bf16 or fp32" if precision == "fp16" else "fp32"
-        raise CharlmError(
-            f"--precision {precision}: torch cannot run a {cell} cell in {precision} on this CPU; use --precision {other}"
+        raise OptionError(
+            "precision", f"{precision}: torch cannot run a {cell} cell in {precision} on this CPU; use --precision {other}"
         ) from None
 
 
@@ -100,11 +101,12 @@ def set_threads(threads: Optional[int], processes_here: int = 1) -> int:
         threads = default_threads(processes_here)
     cores = cpu_cores()
     if threads < 1:
-        raise CharlmError(f"--threads must be at least 1 (got {threads})")
+        raise OptionError("threads", f"must be at least 1 (got {threads})")
     if threads > cores:
-        raise CharlmError(
-            f"--threads {threads} is more than the {cores} CPU core(s) of this machine; "
-            f"use --threads {cores} or fewer, or leave it out for one per core"
+        raise OptionError(
+            "threads",
+            f"{threads} is more than the {cores} CPU core(s) of this machine; "
+            f"use --threads {cores} or fewer, or leave it out for one per core",
         )
     torch.set_num_threads(threads)
     return threads

@@ -12,19 +12,15 @@ import click
 from charlm import __version__
 from charlm.cli.errors import CharlmGroup
 from charlm.cli.generate import generate
+from charlm.cli.options import GROUP_CONTEXT  # sets the prefix; each command reads CHARLM_<COMMAND>_<OPTION>
 from charlm.cli.perplexity import perplexity
 from charlm.cli.train import train
-
-# The group sets the prefix; each command then reads CHARLM_<COMMAND>_<OPTION>.
-GROUP_CONTEXT = dict(help_option_names=["-h", "--help"], auto_envvar_prefix="CHARLM")
 
 
 @click.group(cls=CharlmGroup, context_settings=GROUP_CONTEXT, no_args_is_help=True)
 @click.version_option(__version__, "-V", "--version", prog_name="charlm")
 def cli() -> None:
     """charlm: train recurrent language models on any text, generate from them, score text."""
-
-
 
 
 cli.add_command(train)

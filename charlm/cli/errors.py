@@ -8,19 +8,21 @@ for mistakes every process makes alike.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Optional
+import traceback
+from typing import NoReturn, Optional
 
 import click
 
 from charlm.cli.console import Console
-from charlm.cli.options import envvar_of
-from charlm.errors import CharlmError
+from charlm.cli.options import envvar_of, option_message
+from charlm.errors import CharlmError, OptionError
 from charlm.training import distributed
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+DEBUG_VAR = "CHARLM_DEBUG"
 
 
 class CharlmGroup(click.Group):
@@ -47,18 +49,16 @@ class CharlmGroup(click.Group):
                 envvar = envvar_of(ctx, getattr(param, "name", None)) if param is not None else None
                 if envvar:
                     hint = f" (set by the environment variable {envvar})" + hint
-            console.error(exc.format_message().replace("\n", " ") + hint)
-            sys.exit(exc.exit_code)
-        except (click.Abort, KeyboardInterrupt):
-            console.error("interrupted")
-            sys.exit(EXIT_INTERRUPTED)
+            _fail(console, exc.format_message().replace("\n", " ") + hint, exc, exc.exit_code)
+        except (click.Abort, KeyboardInterrupt) as exc:
+            _fail(console, "interrupted", exc, EXIT_INTERRUPTED)
+        except OptionError as exc:
+            _fail(console, option_message(exc), exc, EXIT_ERROR)
         except CharlmError as exc:
-            console.error(str(exc))
-            sys.exit(EXIT_ERROR)
+            _fail(console, str(exc), exc, EXIT_ERROR)
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
-            console.error(f"{exc.strerror or exc}{where}")
-            sys.exit(EXIT_ERROR)
+            _fail(console, f"{exc.strerror or exc}{where}", exc, EXIT_ERROR)
         if standalone_mode:
             sys.exit(result if isinstance(result, int) else 0)
         return result
@@ -83,3 +83,37 @@ def one_process_only(command: str) -> None:
     raise CharlmError(f"charlm {command} runs in one process; start it without torchrun (only train is distributed)")
 
 
+def _fail(console: Console, message: str, exc: BaseException, status: int) -> NoReturn:
+    """Say the one line; with CHARLM_DEBUG=1, the whole chain behind it; exit."""
+    console.error(message)
+    if os.environ.get(DEBUG_VAR, "") not in ("", "0"):
+        sys.stderr.write(debug_report(exc))
+        sys.stderr.flush()
+    sys.exit(status)
+
+
+def debug_report(exc: BaseException) -> str:
+    """Every exception behind an error, innermost first, as Python prints a chain.
+
+    A `raise CharlmError(...) from None` hides its cause only from Python's own display
+    (it is kept as __context__), so that users see one line; a developer who asks for the
+    chain wants exactly what was hidden, so it is shown here, marked as hidden."""
+    chain: list[BaseException] = []
+    link: Optional[BaseException] = exc
+    while link is not None and all(link is not seen for seen in chain):
+        chain.append(link)
+        link = link.__cause__ if link.__cause__ is not None else link.__context__
+    parts: list[str] = []
+    inner: Optional[BaseException] = None
+    for item in reversed(chain):
+        if inner is not None:
+            if item.__cause__ is inner:
+                words = "The above exception was the direct cause of the following exception:"
+            elif item.__suppress_context__:
+                words = "During handling of the above exception, another exception occurred (hidden by 'from None'):"
+            else:
+                words = "During handling of the above exception, another exception occurred:"
+            parts.append(f"\n{words}\n\n")
+        parts.extend(traceback.format_exception(type(item), item, item.__traceback__, chain=False))
+        inner = item
+    return "".join(parts)

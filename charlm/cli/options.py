@@ -1,23 +1,30 @@
-"""What the commands share: context settings, where an option's value came from, and the
-naming of environment variables in errors."""
+"""What the commands share: context settings, where an option's value came from, and how an
+OptionError's field is spelled as a flag (and the environment variable it came from)."""
 
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Optional
 
 import click
 
-from charlm.errors import CharlmError
+from charlm.errors import OptionError
 
 GROUP_CONTEXT = dict(help_option_names=["-h", "--help"], auto_envvar_prefix="CHARLM")
 CONTEXT = dict(help_option_names=["-h", "--help"], show_default=True)
+
+# Library fields set by an option of another name.
+PARAMETER_OF = {"checkpoint_seconds": "checkpoint_every"}
 
 
 def was_given(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     return source not in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+
+
+def given_options(ctx: click.Context, names) -> set[str]:
+    """Which of these parameters the user set, on the command line or in the environment."""
+    return {name for name in names if was_given(ctx, name)}
 
 
 def envvar_of(ctx: click.Context, name: Optional[str]) -> Optional[str]:
@@ -27,17 +34,25 @@ def envvar_of(ctx: click.Context, name: Optional[str]) -> Optional[str]:
     return f"{ctx.auto_envvar_prefix}_{name}".upper()
 
 
+def flag_of(option: str) -> str:
+    """The flag a user types for a library field: lr -> --lr, checkpoint_seconds -> --checkpoint-every."""
+    return "--" + PARAMETER_OF.get(option, option).replace("_", "-")
+
+
+def option_message(exc: OptionError) -> str:
+    """An OptionError as the command line says it: with the flag for the field."""
+    return exc.spelled(flag_of(exc.option))
+
+
 @contextlib.contextmanager
 def naming_environment(ctx: click.Context):
     """A bad value set through CHARLM_<COMMAND>_<OPTION> is reported with that variable's
-    name, since the user typed no such option."""
+    name, since the user typed no such option. An error quoted inside a longer message (a
+    damaged field of config.json) is about a file, not about the value the user set."""
     try:
         yield
-    except CharlmError as exc:
-        found = re.match(r"--([a-z0-9-]+)", str(exc))
-        envvar = envvar_of(ctx, found.group(1).replace("-", "_")) if found else None
+    except OptionError as exc:
+        envvar = None if exc.before else envvar_of(ctx, PARAMETER_OF.get(exc.option, exc.option))
         if envvar is None:
             raise
-        raise CharlmError(f"{exc} (set by the environment variable {envvar})") from None
-
-
+        raise exc.within(after=f" (set by the environment variable {envvar})") from exc

@@ -1,23 +1,25 @@
-"""charlm train: the options of a language-model run, and the run itself."""
+"""charlm train: the options of a language-model run; the run itself is the library's.
+
+The command parses the options (every one also from CHARLM_TRAIN_<OPTION>), works out which
+the user gave, and hands them to charlm.tasks.lm_run, reporting each stage: the corpus, the
+run directory, the progress of training, a sample at the end. Ctrl-C once stops at the next
+step with a checkpoint; under torchrun, a process that lost its peers says so in one line.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import click
 
-from charlm import __version__
 from charlm.cli.console import Console, TrainReporter
-from charlm.cli.errors import (
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-)
-from charlm.cli.options import CONTEXT, naming_environment, was_given
+from charlm.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED
+from charlm.cli.options import CONTEXT, given_options, naming_environment
 from charlm.config import (
     CELLS,
     DEFAULT_MAX_TIME_S,
@@ -28,44 +30,23 @@ from charlm.config import (
     PRECISIONS,
     SPM_MODEL_TYPES,
     TOKENIZERS,
-    ModelConfig,
-    RunConfig,
+    ModelShape,
     SampleConfig,
     TrainConfig,
 )
 from charlm.errors import CharlmError, first_line
-from charlm.hardware import (
-    check_precision_runs,
-    resolve_device,
-    resolve_precision,
-    set_threads,
-)
 from charlm.inference.generate import Generator
-from charlm.runs.directory import RunDirectory
 from charlm.runs.open import open_run
-from charlm.tasks.lanes import require_tokens
-from charlm.text.corpora import DEFAULT_CORPUS, resolve_default_corpus
-from charlm.text.corpus import prepare_corpus
-from charlm.text.sources import TextSource
-from charlm.text.tokenizer import fingerprint as tokenizer_fingerprint
+from charlm.tasks.lm_run import LanguageModelRun
+from charlm.text.corpora import DEFAULT_CORPUS
 from charlm.training import distributed
 from charlm.training.faults import ENV_VAR as FAULTS_ENV_VAR
 from charlm.training.faults import FaultPlan
-from charlm.training.preflight import (
-    check_out_writable,
-    check_training_memory,
-    create_run_directory,
-)
-from charlm.tasks.language_model import Trainer
-from charlm.tasks.language_model import tokens_fingerprint as data_fingerprint
+from charlm.training.resume import resume_command
 
-_T, _M = TrainConfig, ModelConfig  # option defaults live in the dataclasses
-
-RESUMABLE_OPTIONS = {
-    "max_steps", "max_time", "epochs", "eval_every", "checkpoint_every", "log_every",
-    "sample_length", "device", "threads", "precision", "compile", "out", "resume",
-    "lr", "grad_clip", "on_divergence", "spike_factor", "skip_limit", "max_rollbacks", "rollback_lr_factor",
-}  # fmt: skip
+_T, _M = TrainConfig, ModelShape  # option defaults live in the dataclasses
+SHAPE_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelShape))
+RUN_OPTIONS = ("out", "resume", "overwrite")
 
 _TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -219,7 +200,11 @@ def train(ctx: click.Context, **options: Any) -> None:
             raise
         if not world.is_main:
             sys.exit(EXIT_ERROR)  # rank 0 is gone, having said why, or it says so now
-        then = f"; the last checkpoint is intact, continue with: {_resume_hint(world, where['run'])}" if "run" in where else ""
+        then = (
+            f"; the last checkpoint is intact, continue with: {resume_command(where['run'], world.distributed)}"
+            if "run" in where
+            else ""
+        )
         raise CharlmError(
             f"lost contact with the other processes of this torchrun job ({first_line(exc)}); one of them stopped "
             f"first, and its own message, if it left one, is above{then}"
@@ -231,132 +216,29 @@ def train(ctx: click.Context, **options: Any) -> None:
         sys.exit(status)
 
 
-def _plan_run(ctx: click.Context, options: dict[str, Any], model_options: dict[str, Any]) -> dict[str, Any]:
-    """Everything decided from the options and the run directory before the corpus is read:
-    the configurations, what changed on a resume, the corpus to read. Under torchrun only
-    rank 0 does this (only it reads the run directory) and sends the plan to the others."""
-    out: Optional[Path] = options.pop("out")
-    resume: bool = options.pop("resume")
-    overwrite: bool = options.pop("overwrite")
-    changed: dict[str, Any] = {}  # resumable options given new values: [old, new]
-    run_config = model_config = None
-    if resume:
-        if out is None:
-            raise CharlmError("--resume needs --out, the run directory to continue")
-        if overwrite:
-            raise CharlmError("--resume and --overwrite contradict each other; choose one")
-        run_dir = RunDirectory(out)
-        run_dir.prepare(resume=True)
-        run_config = run_dir.read_config()
-        fixed = sorted(name for name in list(options) + list(model_options)
-                       if name not in RESUMABLE_OPTIONS and was_given(ctx, name))
-        if fixed:
-            names = ", ".join("--" + name.replace("_", "-") for name in fixed)
-            raise CharlmError(f"{names} cannot change when resuming; only stop limits, cadence, hardware, --lr, --grad-clip and the divergence options can")
-        train_config = run_config.train
-        given = {name for name in RESUMABLE_OPTIONS & set(options) if was_given(ctx, name)}
-        _apply_cadence(options)
-        if "checkpoint_every" in given:
-            given.add("checkpoint_seconds")
-        for name in sorted(given):
-            old = getattr(train_config, name)
-            if old != options[name]:
-                changed[name] = [old, options[name]]
-            setattr(train_config, name, options[name])
-        train_config.validate()
-        model_config = run_config.model
-    else:
-        for name in ("data", "val_data", "test_data"):
-            # absolute paths, so a resumed run finds its corpus from any working directory
-            if options[name] and Path(options[name]).expanduser().exists():
-                options[name] = str(Path(options[name]).expanduser().resolve())
-        _apply_cadence(options)
-        train_config = TrainConfig(**options)
-        with naming_environment(ctx):
-            train_config.validate()
-            ModelConfig(vocab_size=2, **model_options).validate()
-        if out is not None:  # fail before a long corpus preparation
-            RunDirectory(out).check(overwrite=overwrite)
-        check_out_writable(out if out is not None else Path("runs"))
-    distributed.check_lane_share(train_config.batch_size, distributed.launched_world()[2])
-    main_source = None
-    if not resume and not was_given(ctx, "data"):
-        label, files, notes = resolve_default_corpus()
-        main_source = TextSource(label=label, files=files, notes=notes)
-        train_config.data = label
-    return {"train": train_config, "model": model_config, "run": run_config, "changed": changed, "out": out,
-            "resume": resume, "overwrite": overwrite, "main_source": main_source}
-
-
 def _train(
     ctx: click.Context, world: distributed.World, console: Console, options: dict[str, Any], where: dict[str, Path]
 ) -> int:
     """Returns the exit status; raises on errors. Records the run directory in `where`."""
-    model_options = {name: options.pop(name) for name in ("cell", "layers", "hidden", "embed", "dropout", "tie_weights")}
-    plan = distributed.broadcast(world, _plan_run(ctx, options, model_options) if world.is_main else None)
-    train_config: TrainConfig = plan["train"]
-    resume, changed = plan["resume"], plan["changed"]
-    if resume:
-        model_config: ModelConfig = plan["model"]
-        model_options = {name: getattr(model_config, name) for name in model_options}
-
+    given = given_options(ctx, ctx.params) - set(RUN_OPTIONS)
+    if "checkpoint_every" in given:  # one option sets both cadences
+        given.add("checkpoint_seconds")
+    out, resume, overwrite = (options.pop(name) for name in RUN_OPTIONS)
+    shape = ModelShape(**{name: options.pop(name) for name in SHAPE_OPTIONS})
+    _apply_cadence(options)
     with naming_environment(ctx):
-        device = distributed.process_device(world, resolve_device(train_config.device))
-        precision = resolve_precision(train_config.precision, device)
-        check_precision_runs(model_options["cell"], device, precision)
-        threads = set_threads(train_config.threads, processes_here=world.local_size)
-    check_training_memory(model_options, train_config, device, precision, processes=world.size)
+        run = LanguageModelRun.start(options, shape, given, out, resume, overwrite, world)
 
-    # rank 0 prepares the corpus first; the others then find it in the cache (when the
-    # machines share a file system) or prepare their own, which must come out the same
-    if not world.is_main:
-        distributed.barrier(world)
-    started = time.perf_counter()
-    corpus = prepare_corpus(
-        train_config.data,
-        val_data=train_config.val_data,
-        test_data=train_config.test_data,
-        val_fraction=train_config.val_fraction,
-        test_fraction=train_config.test_fraction,
-        tokenizer=train_config.tokenizer,
-        vocab_size=train_config.vocab_size,
-        spm_model_type=train_config.spm_model_type,
-        encoding_errors=train_config.encoding_errors,
-        threads=threads,
-        main_source=plan["main_source"],
-        on_stage=console.note,
-    )
-    if world.is_main:
-        distributed.barrier(world)
+    corpus = run.prepare_corpus(on_stage=console.note)
     for note in corpus.notes:
         console.warn(note)
-    how = "cached" if corpus.from_cache else f"prepared in {time.perf_counter() - started:.1f}s"
+    how = "cached" if corpus.from_cache else f"prepared in {run.prepare_seconds:.1f}s"
     console.note(
         f"corpus {corpus.label}: {corpus.tokenizer.kind} tokenizer, vocabulary {corpus.tokenizer.vocab_size:,}; "
         f"{how} ({corpus.cache_dir})"
     )
-    _check_same_corpus_everywhere(world, corpus)
-
-    require_tokens(len(corpus.splits["train"]), train_config.batch_size, train_config.seq_len)
-    out = plan["out"]
-    if not resume:
-        model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **model_options)
-        model_config.validate()
-        check_training_memory(model_options, train_config, device, precision, corpus.tokenizer.vocab_size, world.size)
-    if world.is_main:
-        if resume:
-            run_dir = RunDirectory(out)
-            _check_same_tokenizer(run_dir, corpus)
-        else:
-            if out is None:
-                out = Path("runs") / f"{corpus.label}-{time.strftime('%Y%m%d-%H%M%S')}"
-            run_dir = RunDirectory(out)
-            create_run_directory(
-                run_dir, plan["overwrite"], corpus.tokenizer,
-                RunConfig(model=model_config, train=train_config, tokenizer_kind=corpus.tokenizer.kind,
-                          tokenizer_fingerprint=tokenizer_fingerprint(corpus.tokenizer), charlm_version=__version__),
-            )
-    run_dir = RunDirectory(distributed.broadcast(world, str(run_dir.path) if world.is_main else None))
+    with naming_environment(ctx):
+        run_dir = run.open_run_directory()
     where["run"] = run_dir.path
     console.info(f"run directory: {run_dir.path}")
 
@@ -365,24 +247,14 @@ def _train(
         console.warn(f"{FAULTS_ENV_VAR} is set: this run fails on purpose ({os.environ[FAULTS_ENV_VAR]})")
     reporter = TrainReporter(console)
     with _StopFlag() as stop, reporter:
-        trainer = Trainer(model_config, train_config, corpus, run_dir, device, precision,
-                          on_event=reporter if world.is_main else None, should_stop=stop, faults=faults, world=world)
-        if resume:
-            trainer.resume(changed)
-            if changed and world.is_main:  # the new limits, cadence and steering hold for later resumes too
-                run_config = plan["run"]
-                run_config.train = train_config
-                run_dir.write_config(run_config)
-            done = trainer.stop_reason()
-            if done in ("max_steps", "max_time", "epochs"):
-                option = "--" + done.replace("_", "-")
-                raise CharlmError(f"the run already reached its {option} limit; give a larger {option} to continue")
+        trainer = run.trainer(on_event=reporter if world.is_main else None, should_stop=stop, faults=faults)
         result = trainer.run()
         trainer.close()
 
     if result.reason == "interrupted":
-        console.info(f"checkpoint saved; continue with: {_resume_hint(world, run_dir.path)}")
+        console.info(f"checkpoint saved; continue with: {resume_command(run_dir.path, world.distributed)}")
         return EXIT_INTERRUPTED
+    train_config, device = run.train, run.device
     if train_config.sample_length > 0 and world.is_main:
         opened = open_run(run_dir.path, "auto", device)
         console.heading(f"sample from the {opened.checkpoint} checkpoint:")
@@ -392,36 +264,3 @@ def _train(
             console.write_text(text)
         console.write_text("\n")
     return 0
-
-
-def _resume_hint(world: distributed.World, run: Path) -> str:
-    command = f"charlm train --out {run} --resume"
-    if world.distributed:
-        return f"torchrun ... -m {command} (any number of processes)"
-    return command
-
-
-def _check_same_corpus_everywhere(world: distributed.World, corpus) -> None:
-    """Under torchrun, refuse to train when the processes read different token streams
-    (a corpus that differs between machines, a SentencePiece model trained apart)."""
-    if not world.distributed:
-        return
-    mine = (tokenizer_fingerprint(corpus.tokenizer), int(len(corpus.splits["train"])), data_fingerprint(corpus.splits["train"]))
-    everyone = distributed.gather(world, mine)
-    for rank, theirs in enumerate(everyone):
-        if theirs != everyone[0]:
-            raise CharlmError(
-                f"the process of rank {rank} prepared a different corpus or tokenizer than rank 0; every machine "
-                "needs the same --data (a shared file system, or identical copies at the same path)"
-            )
-
-
-def _check_same_tokenizer(run_dir: RunDirectory, corpus) -> None:
-    saved = run_dir.load_tokenizer()
-    if saved.vocab_size != corpus.tokenizer.vocab_size or saved.token_bytes() != corpus.tokenizer.token_bytes():
-        raise CharlmError(
-            "the corpus now gives a different vocabulary than the run was trained with; "
-            "restore the original --data or start a new run"
-        )
-
-

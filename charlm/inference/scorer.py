@@ -20,7 +20,7 @@ from charlm.errors import CharlmError, check
 from charlm.inference.scoring import DEFAULT_LANES, DEFAULT_WINDOW, Score, score_sequences, score_tokens
 from charlm.runs.open import open_run
 from charlm.text.sources import TextCounter
-from charlm.text.tokenizer import context_token_id
+from charlm.text.tokenizer import context_token_id, same_tokenizer
 
 
 class Scorer:
@@ -106,15 +106,10 @@ class Scorer:
         """Score the run's own test split (or val with split='val'); auto takes test, else val."""
         if self.run is None:
             raise CharlmError("scoring a run's split needs a Scorer made from a run directory")
-        from charlm.text.corpus import prepare_corpus
+        from charlm.text.corpus import prepare_corpus_for
 
-        train = self.config.train
-        corpus = prepare_corpus(
-            train.data, val_data=train.val_data, test_data=train.test_data, val_fraction=train.val_fraction,
-            test_fraction=train.test_fraction, tokenizer=train.tokenizer, vocab_size=train.vocab_size,
-            spm_model_type=train.spm_model_type, encoding_errors=train.encoding_errors,
-        )  # fmt: skip
-        if corpus.tokenizer.token_bytes() != self.tokenizer.token_bytes():
+        corpus = prepare_corpus_for(self.config.train)
+        if not same_tokenizer(corpus.tokenizer, self.tokenizer):
             raise CharlmError("the run's corpus now gives a different vocabulary; score it with --data instead")
         if split == "auto":
             split = "test" if len(corpus.splits["test"]) else "val"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, is_write_failure, write_error
 from charlm.files import atomic_path
 
 DOWNLOAD_TIMEOUT_S = 20.0
@@ -77,6 +77,8 @@ def fetch(corpus: DownloadedCorpus, data_dir: Optional[Path] = None) -> Path:
                     for block in iter(lambda: response.read(1 << 16), b""):
                         out.write(block)
             except (urllib.error.URLError, OSError, ValueError) as exc:
+                if is_write_failure(exc):  # the copy could not be written: not the network's fault
+                    raise
                 reason = getattr(exc, "reason", exc)
                 raise CharlmError(f"could not download {corpus.filename} from {url} ({reason})") from None
             digest = _sha256(tmp)
@@ -85,8 +87,9 @@ def fetch(corpus: DownloadedCorpus, data_dir: Optional[Path] = None) -> Path:
                     f"{corpus.filename} downloaded from {url} has sha256 {digest[:12]}..., "
                     f"expected {corpus.sha256[:12]}...; the copy was discarded"
                 )
-    except PermissionError as exc:
-        raise CharlmError(f"cannot write {target} ({exc.strerror}); set CHARLM_DATA_DIR to a writable folder") from None
+    except OSError as exc:
+        fix = "set CHARLM_DATA_DIR to a writable folder"
+        raise write_error(exc, f"the {corpus.filename} download", target.parent, fix) from None
     return target
 
 

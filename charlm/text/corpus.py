@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from charlm.config import TrainConfig
 from charlm.errors import CharlmError, write_error
 from charlm.files import atomic_write_bytes, fsync_dir, temporary_folder
 from charlm.text.sources import (
@@ -203,6 +204,30 @@ def prepare_corpus(
     )
 
 
+def prepare_corpus_for(
+    config: TrainConfig,
+    threads: int = 1,
+    main_source: Optional[TextSource] = None,
+    on_stage: Optional[Callable[[str], None]] = None,
+) -> PreparedCorpus:
+    """The corpus a training configuration names, as training reads it (a run's own config
+    gives back the very splits it was trained and validated on, from the cache if it is there)."""
+    return prepare_corpus(
+        config.data,
+        val_data=config.val_data,
+        test_data=config.test_data,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        tokenizer=config.tokenizer,
+        vocab_size=config.vocab_size,
+        spm_model_type=config.spm_model_type,
+        encoding_errors=config.encoding_errors,
+        threads=threads,
+        main_source=main_source,
+        on_stage=on_stage,
+    )
+
+
 def _load_cache(folder: Path) -> tuple[dict, Tokenizer, dict[str, np.ndarray]]:
     """meta.json, the tokenizer and the memory-mapped splits of a cache folder, each
     checked against meta.json; CharlmError when anything is missing or does not match."""
@@ -259,7 +284,7 @@ def _build_cache(folder, main, val_source, test_source, key_fields, threads, sta
         if test_source
         else (SplitPlan(main, train_end + cut_val, main_chars) if cut_test else None)
     )
-    for name, option, source in (("val", "--val-data", val_source), ("test", "--test-data", test_source)):
+    for option, source in (("--val-data", val_source), ("--test-data", test_source)):
         if source is not None:
             chars, _, has_text = count_text(source, errors)
             check_not_empty(source, option, chars, has_text)

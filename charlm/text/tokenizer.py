@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, OptionError
 from charlm.files import (
     SPM_MODEL_LIMIT,
     TOKENIZER_JSON_LIMIT,
@@ -201,7 +201,7 @@ def build_tokenizer(
         from charlm.text.sentencepiece import SentencePieceTokenizer  # it builds on this module
 
         return SentencePieceTokenizer.train(training_text, vocab_size, spm_model_type, threads)
-    raise CharlmError(f"--tokenizer must be one of char, byte, sentencepiece (got {kind!r})")
+    raise OptionError("tokenizer", f"must be one of char, byte, sentencepiece (got {kind!r})")
 
 
 def fingerprint(tokenizer: Tokenizer) -> str:
@@ -212,6 +212,12 @@ def fingerprint(tokenizer: Tokenizer) -> str:
         digest.update(len(data).to_bytes(4, "little"))
         digest.update(data)
     return digest.hexdigest()
+
+
+def same_tokenizer(a: Union[Tokenizer, str], b: Union[Tokenizer, str]) -> bool:
+    """True when two tokenizers read every id alike; either may be given as its fingerprint
+    (as config.json records it)."""
+    return (a if isinstance(a, str) else fingerprint(a)) == (b if isinstance(b, str) else fingerprint(b))
 
 
 def context_token_id(tokenizer: Tokenizer) -> int:

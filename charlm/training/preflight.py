@@ -1,57 +1,23 @@
-"""Checks a new training run passes before it starts work, and its first writes.
+"""Checks a new training run passes before it starts work.
 
 Each check fails early with one CharlmError that names the option to change, so a user
-learns that --out cannot be written or that the model cannot fit in memory before a long
-corpus preparation, not after it (or from the OOM killer):
+learns that the model cannot fit in memory before a long corpus preparation, not after it
+(or from the OOM killer):
 
-  check_out_writable       --out can be created and written (probed with a real folder)
   check_training_memory    the model and one (B, T) batch fit in the memory left
-  create_run_directory     the run's first files (tokenizer, config); a failure, such as a
-                           full disk, removes what it created and leaves an existing run alone
+
+Whether --out can be written, and the run's first files, are charlm/runs/create.py's.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Optional
 
 import torch
 
-from charlm.config import ModelConfig, RunConfig, TrainConfig
-from charlm.errors import CharlmError, write_error
-from charlm.files import fsync_dir, temporary_folder
+from charlm.config import ModelShape, TrainConfig
 from charlm.hardware import require_memory
 from charlm.models.rnnlm import training_memory_bytes
-from charlm.runs.directory import RunDirectory
-from charlm.text.tokenizer import Tokenizer
-
-
-def check_out_writable(out: Path) -> None:
-    """Raise CharlmError unless a run folder can be made at out (or out is a writable folder).
-
-    Walks up to the nearest part of the path that exists; a regular file there means no
-    folder can be made below it. A real folder is made and removed there, since as root
-    permission bits say nothing (read-only mounts, /proc and /sys refuse all the same).
-    """
-    existing = out
-    while not os.path.lexists(existing) and existing.parent != existing:
-        existing = existing.parent
-    if existing.is_symlink() and not existing.exists():
-        raise CharlmError(f"--out {out}: {existing} is a broken or looping symbolic link; choose another --out")
-    if not existing.is_dir():
-        if existing == out:
-            raise CharlmError(f"--out {out} is a file; choose a folder for the run")
-        raise CharlmError(f"--out {out}: {existing} is a file, so no folder can be made below it; choose another --out")
-    try:
-        probe = tempfile.mkdtemp(prefix=".charlm-write-test-", dir=existing)
-    except OSError as exc:
-        raise CharlmError(
-            f"--out {out}: cannot create a folder in {existing} ({exc.strerror or exc}); choose a writable --out"
-        ) from None
-    os.rmdir(probe)
 
 
 def _vocab_floor(config: TrainConfig) -> int:
@@ -60,20 +26,21 @@ def _vocab_floor(config: TrainConfig) -> int:
 
 
 def check_training_memory(
-    model_options: dict,
+    shape: ModelShape,
     config: TrainConfig,
     device: torch.device,
     precision: str,
     vocab_size: Optional[int] = None,
     processes: int = 1,
 ) -> None:
-    """Raise CharlmError when the model plus one training batch clearly cannot fit.
+    """Raise CharlmError when a model of this shape plus one training batch clearly cannot fit.
 
-    Called before the corpus is read (with the smallest vocabulary the tokenizer can give)
-    and again once the vocabulary is known, always before anything is allocated. Under
-    torchrun each of the `processes` holds the whole model and its share of the lanes.
+    vocab_size None: the smallest vocabulary the tokenizer can give, for a check before the
+    corpus is read (a new run checks again once it is known; a resumed run knows it from
+    config.json). Always before anything is allocated. Under torchrun each of the
+    `processes` holds the whole model and its share of the lanes.
     """
-    model = ModelConfig(vocab_size=vocab_size or _vocab_floor(config), **model_options)
+    model = shape.with_vocabulary(vocab_size or _vocab_floor(config))
     half = precision in ("bf16", "fp16")
     lanes = max(1, config.batch_size // max(processes, 1))
     needed = training_memory_bytes(model, lanes, config.seq_len, half_activations=half)
@@ -82,37 +49,3 @@ def check_training_memory(
         f"with --batch-size {config.batch_size} x --seq-len {config.seq_len}"
     )
     require_memory(needed, device, f"training {shape}", "lower --hidden, --layers, --batch-size or --seq-len")
-
-
-def create_run_directory(run_dir: RunDirectory, overwrite: bool, tokenizer: Tokenizer, config: RunConfig) -> None:
-    """Create the run folder with its tokenizer and config; a failure leaves no trace.
-
-    The files are written first into a hidden folder beside the run and moved in once all
-    are complete, so a full disk stops the run before an existing run is cleared for
-    --overwrite, and a folder that did not exist (with any parents made for it) is gone again.
-    """
-    path = run_dir.path
-    doomed = path  # what to remove on failure: the topmost folder this makes, if any
-    while not doomed.parent.exists() and doomed.parent != doomed:
-        doomed = doomed.parent
-    remove_on_failure = None if path.exists() else doomed
-    staging = None
-    try:
-        real = path.resolve()  # beside the real folder (--out . or a link): same disk, so renames work
-        real.parent.mkdir(parents=True, exist_ok=True)
-        staging = temporary_folder(real.parent, f".{real.name}.new.")
-        RunDirectory(staging).save_tokenizer(tokenizer)
-        RunDirectory(staging).write_config(config)
-        run_dir.prepare(overwrite=overwrite)
-        for item in sorted(staging.iterdir()):
-            os.replace(item, real / item.name)  # a rename on the same disk: needs no space
-        fsync_dir(real)
-    except BaseException as exc:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if remove_on_failure is not None:
-            shutil.rmtree(remove_on_failure, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise write_error(exc, "the run's tokenizer and config", path, "choose --out on another disk") from None
-        raise
-    staging.rmdir()

@@ -1,13 +1,26 @@
-"""Resuming a run: the command that continues it, as every message shows it.
+"""Resuming a run: which options may change, the new values applied to the saved config,
+and the command that continues a run, as every message shows it.
 
-One function words it, so the trainer's messages and the command line's agree, and a run
-under torchrun is told to resume under torchrun.
+A resumed run continues the same run exactly, so its corpus, tokenizer, model and batching
+stay as saved; stop limits, cadence, hardware, the learning rate, clipping and the
+divergence guard may change. One function words the resume command, so the engine's
+messages and the command line's agree, and a run under torchrun is told to resume under
+torchrun.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Any, Iterable, Union
+
+from charlm.config import TrainConfig
+from charlm.errors import CharlmError
+
+RESUMABLE_OPTIONS = frozenset({
+    "max_steps", "max_time", "epochs", "eval_every", "checkpoint_every", "checkpoint_seconds", "log_every",
+    "sample_length", "device", "threads", "precision", "compile",
+    "lr", "grad_clip", "on_divergence", "spike_factor", "skip_limit", "max_rollbacks", "rollback_lr_factor",
+})  # fmt: skip
 
 
 def resume_command(run: Union[str, Path], distributed: bool = False, extra: str = "") -> str:
@@ -16,3 +29,32 @@ def resume_command(run: Union[str, Path], distributed: bool = False, extra: str 
     if distributed:
         return f"torchrun ... -m {command} (any number of processes)"
     return command
+
+
+def check_resumable(given: Iterable[str]) -> None:
+    """Refuse options set for a resume that a resumed run cannot change (CharlmError)."""
+    fixed = sorted(set(given) - RESUMABLE_OPTIONS)
+    if fixed:
+        names = ", ".join("--" + name.replace("_", "-") for name in fixed)
+        raise CharlmError(
+            f"{names} cannot change when resuming; only stop limits, cadence, hardware, --lr, --grad-clip "
+            "and the divergence options can"
+        )
+
+
+def apply_resume_options(config: TrainConfig, values: dict[str, Any], given: Iterable[str]) -> dict[str, list]:
+    """Set the given options' new values on a saved run's TrainConfig (in place) and validate it.
+
+    `given` names the options the user set; each must be resumable (check_resumable) and have
+    its value in `values`. Returns those whose value changed, as {name: [old, new]}, which the
+    engine records and acts on (a new lr replaces a rate lowered by rollbacks)."""
+    given = set(given)
+    check_resumable(given)
+    changed: dict[str, list] = {}
+    for name in sorted(given):
+        old = getattr(config, name)
+        if old != values[name]:
+            changed[name] = [old, values[name]]
+        setattr(config, name, values[name])
+    config.validate()
+    return changed

@@ -1,0 +1,245 @@
+"""Plan and start a language-model training run: from its options to a Trainer ready to run.
+
+What `charlm train` does between parsing its options and training, as a few calls a caller
+can report between:
+
+    run = LanguageModelRun.start({"data": "notes.txt", "max_steps": 500}, ModelShape(hidden=128),
+                                 given={"data", "max_steps"}, out=Path("runs/notes"))
+    corpus = run.prepare_corpus(on_stage=print)   # read, split, tokenize (or from the cache)
+    run_dir = run.open_run_directory()            # a new run's folder, or the resumed one checked
+    trainer = run.trainer(on_event=print)         # resumed where it stopped, when resuming
+    trainer.run(); trainer.close()
+
+Whatever can be refused is refused as early as it can be told: the options and the run
+folder before the corpus is read, and a model that cannot fit in memory before anything is
+allocated (with the run's own vocabulary on a resume, else the smallest the tokenizer can
+give, and again once the tokenizer is fitted). Under torchrun only rank 0 reads or creates
+the run folder and sends its plan to the others; rank 0 prepares the corpus first, so the
+others find it in the cache, and every process must come out with the same tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+
+from charlm import __version__
+from charlm.config import ModelConfig, ModelShape, RunConfig, TrainConfig
+from charlm.errors import CharlmError
+from charlm.hardware import check_precision_runs, resolve_device, resolve_precision, set_threads
+from charlm.runs.create import check_out_writable, create_run_directory
+from charlm.runs.directory import RunDirectory
+from charlm.tasks.lanes import require_tokens
+from charlm.tasks.language_model import Trainer, tokens_fingerprint
+from charlm.text.corpora import resolve_default_corpus
+from charlm.text.corpus import PreparedCorpus, prepare_corpus_for
+from charlm.text.sources import TextSource
+from charlm.text.tokenizer import fingerprint, same_tokenizer
+from charlm.training import distributed
+from charlm.training.distributed import SINGLE, World
+from charlm.training.faults import FaultPlan
+from charlm.training.preflight import check_training_memory
+from charlm.training.resume import apply_resume_options
+
+# Options the call itself takes, never part of `given`.
+_RUN_OPTIONS = frozenset({"out", "resume", "overwrite"})
+LIMITS = ("max_steps", "max_time", "epochs")
+
+
+@dataclass
+class RunPlan:
+    """What is decided from the options and the run folder before the corpus is read."""
+
+    train: TrainConfig
+    shape: ModelShape
+    out: Optional[Path]
+    resume: bool = False
+    overwrite: bool = False
+    saved: Optional[RunConfig] = None  # the run's config.json, on a resume
+    changed: dict[str, list] = field(default_factory=dict)  # resumed options given new values: [old, new]
+    main_source: Optional[TextSource] = None  # the default corpus, resolved
+
+
+def plan_run(
+    options: dict[str, Any],
+    shape: ModelShape,
+    given: Iterable[str] = (),
+    out: Optional[Path] = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> RunPlan:
+    """Check the options and the run folder and decide the run; reads no corpus.
+
+    options: TrainConfig's fields (those left out keep their defaults); given: the names of
+    the options the user set. On a resume only resumable ones may be given, and they are
+    applied to the saved config; a new run with no `data` given trains on the default
+    corpus (downloaded once, with an offline fallback)."""
+    given = set(given) - _RUN_OPTIONS
+    saved, changed, main_source = None, {}, None
+    if resume:
+        if out is None:
+            raise CharlmError("--resume needs --out, the run directory to continue")
+        if overwrite:
+            raise CharlmError("--resume and --overwrite contradict each other; choose one")
+        run_dir = RunDirectory(out)
+        run_dir.prepare(resume=True)
+        saved = run_dir.read_config()
+        train = saved.train
+        changed = apply_resume_options(train, options, given)
+        shape = saved.model.shape
+    else:
+        options = dict(options)
+        for name in ("data", "val_data", "test_data"):
+            # absolute paths, so a resumed run finds its corpus from any working directory
+            if options.get(name) and Path(options[name]).expanduser().exists():
+                options[name] = str(Path(options[name]).expanduser().resolve())
+        train = TrainConfig(**options)
+        train.validate()
+        shape.validate()
+        if out is not None:  # fail before a long corpus preparation
+            RunDirectory(out).check(overwrite=overwrite)
+        check_out_writable(out if out is not None else Path("runs"))
+    distributed.check_lane_share(train.batch_size, distributed.launched_world()[2])
+    if not resume and "data" not in given:
+        label, files, notes = resolve_default_corpus()
+        main_source = TextSource(label=label, files=files, notes=notes)
+        train.data = label
+    return RunPlan(train, shape, out, resume, overwrite, saved, changed, main_source)
+
+
+class LanguageModelRun:
+    """One training run being set up, step by step (see the module docstring)."""
+
+    def __init__(self, plan: RunPlan, world: World = SINGLE):
+        """Choose the device, precision and threads, and refuse a model that cannot fit."""
+        self.plan, self.world = plan, world
+        self.train, self.resume, self.changed = plan.train, plan.resume, plan.changed
+        self.device: torch.device = distributed.process_device(world, resolve_device(self.train.device))
+        self.precision: str = resolve_precision(self.train.precision, self.device)
+        check_precision_runs(plan.shape.cell, self.device, self.precision)
+        self.threads: int = set_threads(self.train.threads, processes_here=world.local_size)
+        known = plan.saved.model.vocab_size if plan.saved is not None else None
+        check_training_memory(plan.shape, self.train, self.device, self.precision, known, world.size)
+        self.corpus: Optional[PreparedCorpus] = None
+        self.prepare_seconds = 0.0
+        self.model: Optional[ModelConfig] = None
+        self.run_dir: Optional[RunDirectory] = None
+
+    @classmethod
+    def start(
+        cls,
+        options: dict[str, Any],
+        shape: ModelShape,
+        given: Iterable[str] = (),
+        out: Optional[Path] = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        world: World = SINGLE,
+    ) -> "LanguageModelRun":
+        """plan_run on rank 0 (only it reads the run folder), its plan sent to every process."""
+        plan = plan_run(options, shape, given, out, resume, overwrite) if world.is_main else None
+        return cls(distributed.broadcast(world, plan), world)
+
+    def prepare_corpus(self, on_stage: Optional[Callable[[str], None]] = None) -> PreparedCorpus:
+        """Read, split and tokenize the corpus, or find it in the token cache."""
+        # rank 0 prepares it first; the others then find it in the cache (when the machines
+        # share a file system) or prepare their own, which must come out the same
+        if not self.world.is_main:
+            distributed.barrier(self.world)
+        started = time.perf_counter()
+        self.corpus = prepare_corpus_for(self.train, self.threads, self.plan.main_source, on_stage)
+        if self.world.is_main:
+            distributed.barrier(self.world)
+        self.prepare_seconds = time.perf_counter() - started
+        return self.corpus
+
+    def open_run_directory(self) -> RunDirectory:
+        """Create a new run's folder (tokenizer and config), or check the resumed run's
+        tokenizer against the corpus; the model's configuration is then settled."""
+        corpus, train, world = self._corpus(), self.train, self.world
+        check_same_corpus_everywhere(world, corpus)
+        require_tokens(len(corpus.splits["train"]), train.batch_size, train.seq_len)
+        vocab_size = corpus.tokenizer.vocab_size
+        if self.resume:
+            self.model = self.plan.saved.model
+        else:
+            self.model = self.plan.shape.with_vocabulary(vocab_size)
+            self.model.validate()
+            check_training_memory(self.plan.shape, train, self.device, self.precision, vocab_size, world.size)
+        path = None
+        if world.is_main:
+            if self.resume:
+                run_dir = RunDirectory(self.plan.out)
+                check_same_tokenizer(run_dir, corpus)
+            else:
+                out = self.plan.out or Path("runs") / f"{corpus.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+                run_dir = RunDirectory(out)
+                config = RunConfig(model=self.model, train=train, tokenizer_kind=corpus.tokenizer.kind,
+                                   tokenizer_fingerprint=fingerprint(corpus.tokenizer), charlm_version=__version__)
+                create_run_directory(run_dir, self.plan.overwrite, corpus.tokenizer, config)
+            path = str(run_dir.path)
+        self.run_dir = RunDirectory(distributed.broadcast(world, path))
+        return self.run_dir
+
+    def trainer(
+        self,
+        on_event: Optional[Callable[[dict[str, Any]], None]] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
+        faults: Optional[FaultPlan] = None,
+    ) -> Trainer:
+        """The Trainer for this run; a resumed one continues from its last checkpoint, and
+        the options that changed are kept in config.json for later resumes too."""
+        if self.run_dir is None or self.model is None:
+            raise CharlmError("LanguageModelRun.trainer: call open_run_directory() first")
+        trainer = Trainer(self.model, self.train, self._corpus(), self.run_dir, self.device, self.precision,
+                          on_event=on_event, should_stop=should_stop, faults=faults, world=self.world)  # fmt: skip
+        if not self.resume:
+            return trainer
+        try:
+            trainer.resume(self.changed)
+            if self.changed and self.world.is_main:  # the new limits, cadence and steering hold later too
+                saved = self.plan.saved
+                saved.train = self.train
+                self.run_dir.write_config(saved)
+            done = trainer.stop_reason()
+            if done in LIMITS:
+                option = "--" + done.replace("_", "-")
+                raise CharlmError(f"the run already reached its {option} limit; give a larger {option} to continue")
+        except BaseException:
+            trainer.close()
+            raise
+        return trainer
+
+    def _corpus(self) -> PreparedCorpus:
+        if self.corpus is None:
+            raise CharlmError("LanguageModelRun: call prepare_corpus() first")
+        return self.corpus
+
+
+def check_same_corpus_everywhere(world: World, corpus: PreparedCorpus) -> None:
+    """Under torchrun, refuse to train when the processes read different token streams
+    (a corpus that differs between machines, a SentencePiece model trained apart)."""
+    if not world.distributed:
+        return
+    train = corpus.splits["train"]
+    mine = (fingerprint(corpus.tokenizer), int(len(train)), tokens_fingerprint(train))
+    everyone = distributed.gather(world, mine)
+    for rank, theirs in enumerate(everyone):
+        if not same_tokenizer(theirs[0], everyone[0][0]) or theirs[1:] != everyone[0][1:]:
+            raise CharlmError(
+                f"the process of rank {rank} prepared a different corpus or tokenizer than rank 0; every machine "
+                "needs the same --data (a shared file system, or identical copies at the same path)"
+            )
+
+
+def check_same_tokenizer(run_dir: RunDirectory, corpus: PreparedCorpus) -> None:
+    """On a resume, refuse a corpus whose tokenizer now reads ids differently than the run's."""
+    if not same_tokenizer(run_dir.load_tokenizer(), corpus.tokenizer):
+        raise CharlmError(
+            "the corpus now gives a different vocabulary than the run was trained with; "
+            "restore the original --data or start a new run"
+        )

@@ -38,9 +38,7 @@ class OpenRun:
         return self.run.path
 
 
-def open_run(
-    path: Union[str, Path], checkpoint: str = "auto", device: Union[str, torch.device] = "cpu"
-) -> OpenRun:
+def open_run(path: Union[str, Path], checkpoint: str = "auto", device: Union[str, torch.device] = "cpu") -> OpenRun:
     """Open the run at path: checkpoint is best, last or auto (best, else last)."""
     run = RunDirectory(path)
     config = run.read_config()

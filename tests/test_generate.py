@@ -11,10 +11,11 @@ Covered here:
     top-p combine in that order;
   * invalid values: CharlmError from the API, one "charlm: error:" line and a non-zero exit
     from the CLI;
-  * the Stepper: priming on the prompt in one pass gives the same state as stepping through
-    it, and its logits and states match nn.LSTM / nn.GRU / nn.RNN for every cell, several
-    layers, tied weights with embed != hidden, with and without the layer-0 input table;
-  * streaming equals the non-streamed result (one sample and per sample of a batch), batches
+  * the Stepper on a trained model: priming on the prompt in one pass gives the same state as
+    stepping through it (its step-by-step match with nn.LSTM / nn.GRU / nn.RNN for every
+    cell is in test_stepper.py);
+  * streaming equals the non-streamed result (one sample and per sample of a batch), two
+    threads sharing one Generator each get their own samples, batches
     (distinct samples, reproducible per index), prompt characters the model never saw (named,
     left out, warned about on stderr) and the unknown id never emitted, the empty prompt for
     char, byte and SentencePiece models, stop strings (API, StopScanner across chunks, CLI
@@ -34,38 +35,29 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
-import subprocess
-import sys
+import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import REPO, shared_file, train_into
+from helpers import MODEL_DEFAULTS, assert_user_error, invoke, run_cli, train_tiny_run, udhr_slice
 
-import charlm.inference.stepper as stepper_module
-from charlm.cli import cli
-from charlm.config import ModelConfig, SampleConfig, TrainConfig
-from charlm.errors import CharlmError
+from charlm.config import ModelConfig, SampleConfig
+from charlm.errors import CharlmError, OptionError
 from charlm.inference.generate import Generator, SampleResult, StopScanner
 from charlm.inference.sampling import next_token
-from charlm.inference.stepper import Stepper
 from charlm.inference.utf8 import REJECT, Utf8Guard, needs_guard
-from charlm.models.rnnlm import RNNLM, state_tensors
+from charlm.models.rnnlm import RNNLM
 from charlm.runs.directory import BEST, LAST, RunDirectory
-from charlm.text.corpus import prepare_corpus
 from charlm.text.tokenizer import ByteTokenizer, CharTokenizer
 
 CPU = torch.device("cpu")
-ERROR_PREFIX = "charlm: error:"
 REPLACEMENT = "\ufffd"
 PROMPT = "KING:\nThe king said"
-FORCE_TERMINAL_VARS = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,18 +115,6 @@ def inline_multiscript_text(lines: int = 900, seed: int = 0) -> str:
     return "".join(rng.choice(INLINE_LINES) + "\n" for _ in range(lines))
 
 
-def udhr_slice(path: Path, windows: int = 60, size: int = 2000) -> str:
-    """Whole lines from `windows` places spread over the file: many scripts, ~100-200 KB."""
-    text = path.read_text(encoding="utf-8")
-    step = len(text) // windows
-    parts = []
-    for k in range(windows):
-        chunk = text[k * step : k * step + size]
-        parts.append(chunk[chunk.find("\n") + 1 : chunk.rfind("\n") + 1])
-    return "".join(parts)
-
-
-TINY_MODEL = dict(cell="lstm", layers=1, hidden=32, embed=16, dropout=0.0, tie_weights=False)
 
 
 def train_run(
@@ -147,22 +127,16 @@ def train_run(
     seed: int = 0,
 ) -> Path:
     """Train a tiny LSTM with the real Trainer into root/run (config, tokenizer, checkpoints)."""
-    root.mkdir(parents=True, exist_ok=True)
-    data = root / "corpus.txt"
-    data.write_text(text, encoding="utf-8")
-    corpus = prepare_corpus(
-        str(data), val_fraction=0.1, tokenizer=tokenizer, vocab_size=vocab_size, cache_root=root / "cache"
-    )
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **TINY_MODEL)
-    train_config = TrainConfig(
-        data=str(data), tokenizer=tokenizer, vocab_size=vocab_size, batch_size=8, seq_len=seq_len, lr=1e-2,
-        warmup_steps=10, max_steps=steps, eval_every=steps, checkpoint_every=10_000, log_every=50,
-        eval_batch_size=4, precision="fp32", device="cpu", seed=seed, sample_length=0,
-    )  # fmt: skip
-    train_config.validate()
-    result = train_into(root / "run", corpus, model_config, train_config)
-    assert result.step == steps and result.reason == "max_steps"
-    return root / "run"
+    return train_tiny_run(root, text, tokenizer=tokenizer, vocab_size=vocab_size, batch_size=8, seq_len=seq_len,
+                          lr=1e-2, warmup_steps=10, max_steps=steps, eval_every=steps, checkpoint_every=10_000,
+                          log_every=50, eval_batch_size=4, seed=seed)  # fmt: skip
+
+
+def stream_text(result):
+    """The text chunks of a one-sample Generation, as they are made."""
+    for index, text in result:
+        assert index == 0
+        yield text
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +162,7 @@ def multiscript_runs(tmp_path_factory):
         key = (source, tokenizer)
         if key not in cache:
             if source == "udhr":
-                text = udhr_slice(shared_file("udhr_multiscript.txt"))
+                text = udhr_slice(windows=60, size=2000)
                 steps = 100
             else:
                 text = inline_multiscript_text()
@@ -229,47 +203,16 @@ def reference_greedy(model: RNNLM, tokenizer, prompt: str, n: int) -> str:
     return tokenizer.decode(out)
 
 
-def cli_env() -> dict[str, str]:
-    """os.environ (with the conftest's CHARLM_DATA_DIR) minus what would force colours or
-    set generate options behind the test's back."""
-    env = dict(os.environ)
-    for name in list(env):
-        if name in FORCE_TERMINAL_VARS or name.startswith("CHARLM_GENERATE_"):
-            del env[name]
-    return env
-
-
 def run_generate(*args: str, shim: bool = False) -> tuple[int, str, str]:
     """`python -m charlm generate ARGS` (or `python generate.py ARGS`) in a real subprocess."""
-    if shim:
-        command = [sys.executable, "generate.py", *args]
-    else:
-        command = [sys.executable, "-m", "charlm", "generate", *args]
-    done = subprocess.run(
-        command, capture_output=True, env=cli_env(), cwd=REPO, timeout=120, stdin=subprocess.DEVNULL
-    )
-    return done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8")
+    done = run_cli("generate", *args, how="shim" if shim else "module", timeout=120)
+    return done.returncode, done.stdout, done.stderr
 
 
 def printed(prompt: str, text: str) -> str:
     """What the CLI prints for one sample: prompt, continuation, a final newline if missing."""
     body = prompt + text
     return body if body.endswith("\n") else body + "\n"
-
-
-def assert_one_error_line(returncode: int, stdout: str, stderr: str) -> str:
-    assert returncode != 0, f"exit status 0 for a user error; stderr:\n{stderr}"
-    assert "Traceback" not in stdout + stderr, stderr
-    assert stdout == "", f"stdout should be empty on an error, got {stdout!r}"
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected exactly one line on stderr, got:\n{stderr}"
-    assert lines[0].startswith(ERROR_PREFIX), lines[0]
-    assert lines[0][len(ERROR_PREFIX) :].strip()
-    return lines[0]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(cli, ["generate", *args], prog_name="charlm")
 
 
 def last_logits(gen: Generator, prompt: str) -> torch.Tensor:
@@ -319,30 +262,30 @@ def expected_set(temperature: float, top_k: Optional[int], top_p: Optional[float
 
 
 def test_greedy_is_deterministic_and_equals_temperature_zero(char_gen):
-    first = char_gen.generate(PROMPT, 120, GREEDY, seed=1)
-    second = char_gen.generate(PROMPT, 120, GREEDY, seed=2)  # the seed plays no part
+    first = char_gen.generate(PROMPT, 120, config=GREEDY, seed=1).text
+    second = char_gen.generate(PROMPT, 120, config=GREEDY, seed=2).text  # the seed plays no part
     assert first == second
     assert len(first) == 120
     # temperature 0 ignores top-k / top-p
-    assert char_gen.generate(PROMPT, 120, cfg(0.0, top_k=5, top_p=0.5), seed=3) == first
+    assert char_gen.generate(PROMPT, 120, config=cfg(0.0, top_k=5, top_p=0.5), seed=3).text == first
     # a greedy batch is the greedy sample repeated
-    assert char_gen.generate_samples(PROMPT, 3, 120, GREEDY) == [first] * 3
+    assert char_gen.generate(PROMPT, 120, num_samples=3, config=GREEDY).texts == [first] * 3
 
 
 def test_greedy_matches_a_reference_loop_over_nn_lstm(char_gen):
     expected = reference_greedy(char_gen.model, char_gen.tokenizer, PROMPT, 150)
-    assert char_gen.generate(PROMPT, 150, GREEDY) == expected
+    assert char_gen.generate(PROMPT, 150, config=GREEDY).text == expected
 
 
 def test_same_seed_same_text_and_different_seeds_differ(char_gen):
-    a = char_gen.generate(PROMPT, 200, cfg(1.0), seed=11)
-    b = char_gen.generate(PROMPT, 200, cfg(1.0), seed=11)
-    c = char_gen.generate(PROMPT, 200, cfg(1.0), seed=12)
+    a = char_gen.generate(PROMPT, 200, config=cfg(1.0), seed=11).text
+    b = char_gen.generate(PROMPT, 200, config=cfg(1.0), seed=11).text
+    c = char_gen.generate(PROMPT, 200, config=cfg(1.0), seed=12).text
     assert a == b
     assert a != c
     assert len(set(a)) > 5, f"the model is degenerate: {a!r}"
     # no seed: fresh randomness each call
-    assert char_gen.generate(PROMPT, 200, cfg(1.0)) != char_gen.generate(PROMPT, 200, cfg(1.0))
+    assert char_gen.generate(PROMPT, 200, config=cfg(1.0)).text != char_gen.generate(PROMPT, 200, config=cfg(1.0)).text
 
 
 def test_generator_from_a_model_needs_its_tokenizer(char_gen):
@@ -350,7 +293,7 @@ def test_generator_from_a_model_needs_its_tokenizer(char_gen):
         Generator(char_gen.model)
     again = Generator(char_gen.model, char_gen.tokenizer)
     assert again.checkpoint is None
-    assert again.generate(PROMPT, 60, GREEDY) == char_gen.generate(PROMPT, 60, GREEDY)
+    assert again.generate(PROMPT, 60, config=GREEDY).text == char_gen.generate(PROMPT, 60, config=GREEDY).text
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,8 +322,8 @@ def test_top_k_larger_than_the_vocabulary_is_clamped(char_gen):
     plain = draw(logits, cfg(1.0), seed=5)
     for k in (V, V + 1, V + 1000):
         assert torch.equal(draw(logits, cfg(1.0, top_k=k), seed=5), plain)
-    text = char_gen.generate(PROMPT, 80, cfg(1.0, top_k=100_000), seed=5)
-    assert text == char_gen.generate(PROMPT, 80, cfg(1.0), seed=5)
+    text = char_gen.generate(PROMPT, 80, config=cfg(1.0, top_k=100_000), seed=5).text
+    assert text == char_gen.generate(PROMPT, 80, config=cfg(1.0), seed=5).text
 
 
 @pytest.mark.parametrize(
@@ -430,9 +373,9 @@ def test_temperature_top_k_and_top_p_combine(temperature, top_k, top_p, count):
 
 def test_all_three_filters_together_on_the_model(char_gen):
     config = cfg(0.9, top_k=8, top_p=0.9)
-    a = char_gen.generate(PROMPT, 150, config, seed=21)
+    a = char_gen.generate(PROMPT, 150, config=config, seed=21).text
     assert len(a) == 150
-    assert a == char_gen.generate(PROMPT, 150, config, seed=21)
+    assert a == char_gen.generate(PROMPT, 150, config=config, seed=21).text
     assert REPLACEMENT not in a
 
 
@@ -443,37 +386,36 @@ def test_all_three_filters_together_on_the_model(char_gen):
 @pytest.mark.parametrize(
     "config, option",
     [
-        (cfg(-0.5), "--temperature"),
-        (cfg(1.0, top_p=0.0), "--top-p"),
-        (cfg(1.0, top_p=1.5), "--top-p"),
-        (cfg(1.0, top_k=0), "--top-k"),
-        (cfg(1.0, top_k=-3), "--top-k"),
+        (cfg(-0.5), "temperature"),
+        (cfg(1.0, top_p=0.0), "top_p"),
+        (cfg(1.0, top_p=1.5), "top_p"),
+        (cfg(1.0, top_k=0), "top_k"),
+        (cfg(1.0, top_k=-3), "top_k"),
     ],
 )
 def test_invalid_sample_config_raises(char_gen, config, option):
-    with pytest.raises(CharlmError, match=option):
-        char_gen.generate(PROMPT, 10, config, seed=0)
-    with pytest.raises(CharlmError, match=option):
-        next(iter(char_gen.stream(PROMPT, 10, config, seed=0)))
+    # when called, before anything streams; the library names the field, the CLI its flag
+    with pytest.raises(OptionError, match=f"^{option} ") as info:
+        char_gen.generate(PROMPT, 10, config=config, seed=0)
+    assert info.value.option == option
 
 
 def test_invalid_counts_raise(char_gen):
-    with pytest.raises(CharlmError, match="--num-samples"):
-        char_gen.generate_samples(PROMPT, 0, 10)
-    with pytest.raises(CharlmError, match="--max-tokens"):
+    with pytest.raises(OptionError, match="^num_samples must be at least 1"):
+        char_gen.generate(PROMPT, 10, num_samples=0)
+    with pytest.raises(OptionError, match="^max_tokens must be 0 or more"):
         char_gen.generate(PROMPT, -1)
     # zero tokens is allowed: nothing generated, finish "length"
-    assert char_gen.generate(PROMPT, 0, GREEDY) == ""
-    assert char_gen.last_results == [SampleResult("", 0, "length")]
+    assert char_gen.generate(PROMPT, 0, config=GREEDY).samples == [SampleResult("", 0, "length")]
 
 
 def test_infinite_temperature_is_rejected(char_gen, char_run):
     # inf passes "0 or more" but turns every logit into 0 or nan: it must be refused up front
-    with pytest.raises(CharlmError, match="--temperature"):
-        char_gen.generate(PROMPT, 10, cfg(float("inf")), seed=0)
-    result = invoke(str(char_run), "--prompt", "x", "--temperature", "inf")
+    with pytest.raises(CharlmError, match="temperature"):
+        char_gen.generate(PROMPT, 10, config=cfg(float("inf")), seed=0)
+    result = invoke("generate", str(char_run), "--prompt", "x", "--temperature", "inf")
     assert isinstance(result.exception, SystemExit), f"the CLI raised {result.exception!r}"
-    assert "--temperature" in assert_one_error_line(result.exit_code, result.stdout, result.stderr)
+    assert "--temperature" in assert_user_error(result)
 
 
 def test_tiny_temperature_is_greedy_not_a_crash(char_gen):
@@ -482,16 +424,18 @@ def test_tiny_temperature_is_greedy_not_a_crash(char_gen):
     for temperature in (1e-6, 1e-30, 1e-45):
         drawn = draw(logits, cfg(temperature), rows=50, seed=1)
         assert set(drawn.tolist()) == {int(logits.argmax())}, temperature
-    assert char_gen.generate(PROMPT, 60, cfg(1e-45), seed=1) == char_gen.generate(PROMPT, 60, GREEDY)
+    assert (
+        char_gen.generate(PROMPT, 60, config=cfg(1e-45), seed=1).text
+        == char_gen.generate(PROMPT, 60, config=GREEDY).text
+    )
 
 
 def test_cli_seed_out_of_range_is_a_user_error(char_run):
-    result = invoke(str(char_run), "--prompt", "x", "-n", "5", "--seed", str(2**64))
+    result = invoke("generate", str(char_run), "--prompt", "x", "-n", "5", "--seed", str(2**64))
     assert isinstance(result.exception, SystemExit), f"the CLI raised {result.exception!r}"
     assert result.exit_code != 0
     assert result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith(ERROR_PREFIX) and "--seed" in lines[-1], result.stderr
+    assert_user_error(result, "--seed", alone=False)
 
 
 @pytest.mark.parametrize(
@@ -517,82 +461,30 @@ def test_cli_invalid_values_give_one_error_line(char_run, tmp_path, options, nee
     latin1_file.write_bytes("KING: café\n".encode("latin-1"))
     paths = {"PROMPT_FILE": str(prompt_file), "MISSING": str(tmp_path / "missing.txt"), "LATIN1_FILE": str(latin1_file)}
     options = [paths.get(o, o) for o in options]
-    result = invoke(str(char_run), *options)
+    result = invoke("generate", str(char_run), *options)
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    line = assert_one_error_line(result.exit_code, result.stdout, result.stderr)
+    line = assert_user_error(result)
     assert needle in line
 
 
 def test_cli_missing_run_dir(tmp_path):
     missing = tmp_path / "no-such-run"
-    result = invoke(str(missing), "--prompt", "x")
+    result = invoke("generate", str(missing), "--prompt", "x")
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    line = assert_one_error_line(result.exit_code, result.stdout, result.stderr)
+    line = assert_user_error(result)
     assert "no-such-run" in line
 
 
 def test_cli_prompt_file_is_read(char_run, char_gen, tmp_path):
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text(PROMPT, encoding="utf-8")
-    result = invoke(str(char_run), "--prompt-file", str(prompt_file), "--greedy", "-n", "40", "--threads", "1")
+    result = invoke("generate", str(char_run), "--prompt-file", str(prompt_file), "--greedy", "-n", "40", "--threads", "1")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == printed(PROMPT, char_gen.generate(PROMPT, 40, GREEDY))
+    assert result.stdout == printed(PROMPT, char_gen.generate(PROMPT, 40, config=GREEDY).text)
 
 
 # ---------------------------------------------------------------------------------------
 # the Stepper
-
-
-def random_model(seed: int = 0, **options) -> RNNLM:
-    torch.manual_seed(seed)
-    model = RNNLM(ModelConfig(**{"vocab_size": 13, "dropout": 0.0, **options})).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn_like(param))  # every weight and bias matters, head bias too
-    return model
-
-
-STEPPER_CASES = [
-    dict(cell="lstm", layers=1, hidden=20, embed=12),
-    dict(cell="gru", layers=1, hidden=20, embed=12),
-    dict(cell="rnn-tanh", layers=1, hidden=20, embed=12),
-    dict(cell="rnn-relu", layers=1, hidden=20, embed=12),
-    dict(cell="lstm", layers=3, hidden=16, embed=10),
-    dict(cell="gru", layers=2, hidden=16, embed=10),
-    dict(cell="rnn-relu", layers=2, hidden=16, embed=10),
-    dict(cell="lstm", layers=2, hidden=20, embed=12, tie_weights=True),  # projection H -> E
-    dict(cell="gru", layers=1, hidden=20, embed=12, tie_weights=True),
-    dict(cell="rnn-tanh", layers=1, hidden=16, embed=16, tie_weights=True),  # tied, no projection
-]
-
-
-@pytest.mark.parametrize("table", [True, False], ids=["input-table", "no-table"])
-@pytest.mark.parametrize("options", STEPPER_CASES, ids=lambda o: "-".join(f"{v}" for v in o.values()))
-def test_stepper_matches_the_torch_modules(options, table, monkeypatch):
-    if not table:
-        monkeypatch.setattr(stepper_module, "MAX_INPUT_TABLE_BYTES", 0)
-    model = random_model(**options)
-    if options.get("tie_weights") and options["hidden"] != options["embed"]:
-        assert model.projection is not None
-    stepper = Stepper(model)
-    assert (stepper.input_table is not None) == table
-    B, T = 3, 12
-    x = torch.randint(0, 13, (B, T), generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        logits, final = model(x)
-        _, middle = model(x[:, :5])
-    # from the zero state, every step
-    state = stepper.from_model_state(model.init_state(B))
-    for t in range(T):
-        step_logits, state = stepper.step(x[:, t], state)
-        torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-4)
-    for ours, theirs in zip(state_tensors(stepper.to_model_state(state)), state_tensors(final)):
-        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
-    # from a state nn.* left after a prefix
-    state = stepper.from_model_state(middle)
-    for t in range(5, T):
-        step_logits, state = stepper.step(x[:, t], state)
-        torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-4)
 
 
 def test_prompt_priming_in_one_pass_equals_stepping_through_it(char_gen):
@@ -625,11 +517,11 @@ def test_generator_batches_every_cell_like_the_reference_loop(char_gen, options)
             param.mul_(4.0)  # sharper logits: greedy choices far from ties
     gen = Generator(model, char_gen.tokenizer)
     expected = reference_greedy(model, char_gen.tokenizer, PROMPT, 60)
-    assert gen.generate_samples(PROMPT, 3, 60, GREEDY) == [expected] * 3
+    assert gen.generate(PROMPT, 60, num_samples=3, config=GREEDY).texts == [expected] * 3
     # sampled: the batch's state is each sample's own
-    sampled = gen.generate_samples(PROMPT, 3, 60, cfg(1.0), seed=2)
+    sampled = gen.generate(PROMPT, 60, num_samples=3, config=cfg(1.0), seed=2).texts
     assert len(set(sampled)) == 3
-    assert gen.generate_samples(PROMPT, 3, 60, cfg(1.0), seed=2) == sampled
+    assert gen.generate(PROMPT, 60, num_samples=3, config=cfg(1.0), seed=2).texts == sampled
 
 
 # ---------------------------------------------------------------------------------------
@@ -638,32 +530,75 @@ def test_generator_batches_every_cell_like_the_reference_loop(char_gen, options)
 
 def test_stream_equals_generate(char_gen):
     for config, seed in ((cfg(1.0), 5), (cfg(0.7, top_k=10), 6), (GREEDY, 0)):
-        chunks = list(char_gen.stream(PROMPT, 200, config, seed=seed))
+        chunks = list(stream_text(char_gen.generate(PROMPT, 200, config=config, seed=seed)))
         assert len(chunks) > 1, "the text did not stream"
         assert all(isinstance(c, str) and c for c in chunks)
-        assert "".join(chunks) == char_gen.generate(PROMPT, 200, config, seed=seed)
+        assert "".join(chunks) == char_gen.generate(PROMPT, 200, config=config, seed=seed).text
 
 
-def test_stream_samples_per_index_equals_generate_samples(char_gen):
+def test_streamed_chunks_per_index_equal_the_finished_samples(char_gen):
     per_sample: dict[int, list[str]] = defaultdict(list)
-    for index, text in char_gen.stream_samples(PROMPT, 3, 150, cfg(1.0), seed=9):
+    result = char_gen.generate(PROMPT, 150, num_samples=3, config=cfg(1.0), seed=9)
+    assert not result.done
+    for index, text in result:
         per_sample[index].append(text)
+    assert result.done
     streamed = ["".join(per_sample[i]) for i in range(3)]
     assert set(per_sample) == {0, 1, 2}
-    assert [r.text for r in char_gen.last_results] == streamed
-    assert char_gen.generate_samples(PROMPT, 3, 150, cfg(1.0), seed=9) == streamed
+    assert [r.text for r in result.samples] == streamed == result.texts
+    assert list(result) == []  # a stream is read once; the finished values stay
+    assert char_gen.generate(PROMPT, 150, num_samples=3, config=cfg(1.0), seed=9).texts == streamed
+
+
+def test_threads_sharing_one_generator_each_get_their_own_samples(char_gen):
+    # two calls on one loaded Generator, streamed in lockstep by two threads: each result must
+    # be what the same call gives alone (a shared "last results" would mix them up)
+    jobs = {"a": (PROMPT, 2, 41), "b": ("QUEEN:\n", 3, 42)}
+
+    def call(name: str):
+        prompt, num_samples, seed = jobs[name]
+        return char_gen.generate(prompt, 150, num_samples=num_samples, config=cfg(1.0), seed=seed)
+
+    alone = {name: call(name).samples for name in jobs}
+    assert alone["a"] != alone["b"][:2]
+    barrier = threading.Barrier(2, timeout=60)
+    got: dict[str, list[SampleResult]] = {}
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            result = call(name)
+            barrier.wait()  # both calls made before either reads
+            for step, _ in enumerate(result):
+                if step < 50:
+                    barrier.wait()  # both generations are mid-stream at the same time
+            barrier.wait()  # both done before either reads its finished values
+            got[name] = result.samples
+        except BaseException as exc:  # reported below, from the test's own thread
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert got == alone
+    assert [len(got[name]) for name in jobs] == [2, 3]
 
 
 def test_batch_samples_differ_and_each_index_is_reproducible(char_gen):
-    first = char_gen.generate_samples(PROMPT, 4, 120, cfg(1.0), seed=33)
+    result = char_gen.generate(PROMPT, 120, num_samples=4, config=cfg(1.0), seed=33)
+    first = result.texts
     assert len(first) == 4 and all(isinstance(t, str) and len(t) == 120 for t in first)
     assert len(set(first)) > 1, "the four samples of a batch are identical"
-    assert [r.tokens for r in char_gen.last_results] == [120] * 4
-    assert [r.finish for r in char_gen.last_results] == ["length"] * 4
-    again = char_gen.generate_samples(PROMPT, 4, 120, cfg(1.0), seed=33)
+    assert [r.tokens for r in result.samples] == [120] * 4
+    assert [r.finish for r in result.samples] == ["length"] * 4
+    again = char_gen.generate(PROMPT, 120, num_samples=4, config=cfg(1.0), seed=33).texts
     for i in range(4):
         assert again[i] == first[i], f"sample {i} changed with the same seed and batch size"
-    assert char_gen.generate_samples(PROMPT, 4, 120, cfg(1.0), seed=34) != first
+    assert char_gen.generate(PROMPT, 120, num_samples=4, config=cfg(1.0), seed=34).texts != first
 
 
 # ---------------------------------------------------------------------------------------
@@ -677,21 +612,28 @@ def test_unknown_prompt_characters_are_named_and_left_out(char_gen):
     assert char_gen.unknown_in_prompt(clean) == []
     assert char_gen.unknown_in_prompt("") == []
     for seed in (1, 2):
-        assert char_gen.generate(prompt, 100, cfg(1.0), seed=seed) == char_gen.generate(clean, 100, cfg(1.0), seed=seed)
+        assert (
+            char_gen.generate(prompt, 100, config=cfg(1.0), seed=seed).text
+            == char_gen.generate(clean, 100, config=cfg(1.0), seed=seed).text
+        )
     # a prompt of unknown characters only is no prompt at all
-    assert char_gen.generate("@~é", 80, cfg(1.0), seed=3) == char_gen.generate("", 80, cfg(1.0), seed=3)
+    assert (
+        char_gen.generate("@~é", 80, config=cfg(1.0), seed=3).text
+        == char_gen.generate("", 80, config=cfg(1.0), seed=3).text
+    )
 
 
 def test_unknown_id_is_never_emitted(char_gen):
     # the trained model, very hot
-    for _, text in char_gen.stream_samples(PROMPT, 4, 500, cfg(2.0), seed=4):
+    result = char_gen.generate(PROMPT, 500, num_samples=4, config=cfg(2.0), seed=4)
+    for _, text in result:
         assert REPLACEMENT not in text
-    assert all(r.tokens == 500 for r in char_gen.last_results)
+    assert all(r.tokens == 500 for r in result.samples)
     # an untrained model puts as much weight on the unknown id as on any other
     torch.manual_seed(0)
-    fresh = RNNLM(ModelConfig(vocab_size=char_gen.tokenizer.vocab_size, **TINY_MODEL))
+    fresh = RNNLM(ModelConfig(vocab_size=char_gen.tokenizer.vocab_size, **MODEL_DEFAULTS))
     untrained = Generator(fresh, char_gen.tokenizer)
-    texts = untrained.generate_samples("", 4, 500, cfg(2.0), seed=5)
+    texts = untrained.generate("", 500, num_samples=4, config=cfg(2.0), seed=5).texts
     assert len(set("".join(texts))) > 10
     assert all(REPLACEMENT not in t and len(t) == 500 for t in texts)
 
@@ -700,11 +642,12 @@ def test_unknown_id_is_never_emitted(char_gen):
 def test_empty_prompt_starts_from_a_newline(kind, char_gen, multiscript_runs):
     gen = char_gen if kind == "char" else Generator(multiscript_runs("inline", kind))
     assert gen.tokenizer.kind == kind
-    text = gen.generate("", 60, cfg(1.0), seed=8)
+    result = gen.generate("", 60, config=cfg(1.0), seed=8)
+    text = result.text
     assert text, "nothing generated from an empty prompt"
-    assert text == gen.generate("\n", 60, cfg(1.0), seed=8)
-    assert "".join(gen.stream("", 60, cfg(1.0), seed=8)) == text
-    assert gen.last_results[0].tokens == 60
+    assert text == gen.generate("\n", 60, config=cfg(1.0), seed=8).text
+    assert "".join(stream_text(gen.generate("", 60, config=cfg(1.0), seed=8))) == text
+    assert result.samples[0].tokens == 60
 
 
 def test_empty_prompt_without_a_newline_in_the_vocabulary():
@@ -712,10 +655,10 @@ def test_empty_prompt_without_a_newline_in_the_vocabulary():
     for alphabet, start in (("ab c", " "), ("abc", "a")):
         tokenizer = CharTokenizer(ord(ch) for ch in alphabet)
         torch.manual_seed(0)
-        gen = Generator(RNNLM(ModelConfig(vocab_size=tokenizer.vocab_size, **TINY_MODEL)), tokenizer)
-        text = gen.generate("", 40, cfg(1.0), seed=1)
+        gen = Generator(RNNLM(ModelConfig(vocab_size=tokenizer.vocab_size, **MODEL_DEFAULTS)), tokenizer)
+        text = gen.generate("", 40, config=cfg(1.0), seed=1).text
         assert len(text) == 40 and set(text) <= set(alphabet)
-        assert text == gen.generate(start, 40, cfg(1.0), seed=1)
+        assert text == gen.generate(start, 40, config=cfg(1.0), seed=1).text
 
 
 # ---------------------------------------------------------------------------------------
@@ -723,53 +666,56 @@ def test_empty_prompt_without_a_newline_in_the_vocabulary():
 
 
 def test_stop_string_ends_the_sample_at_its_first_occurrence(char_gen):
-    full = char_gen.generate(PROMPT, 300, cfg(1.0), seed=2)
-    assert char_gen.last_results[0].finish == "length"
+    whole = char_gen.generate(PROMPT, 300, config=cfg(1.0), seed=2)
+    full = whole.text
+    assert whole.samples[0].finish == "length"
     stop = "\n\n" if "\n\n" in full else " the"
     assert stop in full, full
     cut = full.index(stop)
-    text = char_gen.generate(PROMPT, 300, cfg(1.0), seed=2, stop=[stop])
+    result = char_gen.generate(PROMPT, 300, config=cfg(1.0), seed=2, stop=[stop]).samples[0]
+    text = result.text
     assert text == full[:cut]
     assert stop not in text
-    result = char_gen.last_results[0]
     assert result.finish == "stop"
     assert result.text == text
     assert result.tokens == cut + len(stop)  # one token per character; nothing after the stop
     # the streamed text stops at the same place
-    assert "".join(char_gen.stream(PROMPT, 300, cfg(1.0), seed=2, stop=[stop])) == text
+    assert "".join(stream_text(char_gen.generate(PROMPT, 300, config=cfg(1.0), seed=2, stop=[stop]))) == text
 
 
 def test_the_earliest_of_several_stop_strings_wins(char_gen):
-    full = char_gen.generate(PROMPT, 300, cfg(1.0), seed=2)
+    full = char_gen.generate(PROMPT, 300, config=cfg(1.0), seed=2).text
     stops = ["\n\n", "."]
     assert all(s in full for s in stops)
     cut = min(full.index(s) for s in stops)
     assert cut > 0
     for order in (stops, stops[::-1]):
-        assert char_gen.generate(PROMPT, 300, cfg(1.0), seed=2, stop=order) == full[:cut]
-        assert char_gen.last_results[0].finish == "stop"
+        (result,) = char_gen.generate(PROMPT, 300, config=cfg(1.0), seed=2, stop=order).samples
+        assert result.text == full[:cut]
+        assert result.finish == "stop"
 
 
 def test_without_a_hit_the_sample_runs_to_max_tokens(char_gen):
-    full = char_gen.generate(PROMPT, 150, cfg(1.0), seed=2)
-    text = char_gen.generate(PROMPT, 150, cfg(1.0), seed=2, stop=["@@", "zzzzzz"])
-    assert text == full
-    assert char_gen.last_results[0].finish == "length"
-    assert char_gen.last_results[0].tokens == 150
+    full = char_gen.generate(PROMPT, 150, config=cfg(1.0), seed=2).text
+    (result,) = char_gen.generate(PROMPT, 150, config=cfg(1.0), seed=2, stop=["@@", "zzzzzz"]).samples
+    assert result.text == full
+    assert result.finish == "length"
+    assert result.tokens == 150
 
 
 def test_stop_strings_end_each_sample_of_a_batch_on_its_own(char_gen):
-    full = char_gen.generate_samples(PROMPT, 4, 200, cfg(1.0), seed=7)
-    stopped = char_gen.generate_samples(PROMPT, 4, 200, cfg(1.0), seed=7, stop=["\n\n"])
+    full = char_gen.generate(PROMPT, 200, num_samples=4, config=cfg(1.0), seed=7).texts
+    samples = char_gen.generate(PROMPT, 200, num_samples=4, config=cfg(1.0), seed=7, stop=["\n\n"]).samples
+    stopped = [r.text for r in samples]
     for i in range(4):
-        result = char_gen.last_results[i]
+        result = samples[i]
         if "\n\n" in full[i]:
             assert stopped[i] == full[i][: full[i].index("\n\n")]
             assert result.finish == "stop" and result.tokens == len(stopped[i]) + 2
         else:
             assert stopped[i] == full[i]
             assert result.finish == "length" and result.tokens == 200
-    assert any(r.finish == "stop" for r in char_gen.last_results), "no sample reached the stop string"
+    assert any(r.finish == "stop" for r in samples), "no sample reached the stop string"
 
 
 def test_stop_scanner_catches_a_stop_split_across_chunks():
@@ -799,6 +745,7 @@ def test_stop_scanner_catches_a_stop_split_across_chunks():
 # the CLI, end to end
 
 
+@pytest.mark.slow
 def test_cli_greedy_flag_equals_temperature_zero(char_run, char_gen):
     common = [str(char_run), "--prompt", PROMPT, "-n", "80", "--threads", "1"]
     rc_g, out_g, err_g = run_generate(*common, "--greedy", "--seed", "1")
@@ -806,9 +753,10 @@ def test_cli_greedy_flag_equals_temperature_zero(char_run, char_gen):
     assert rc_g == 0, err_g
     assert rc_t == 0, err_t
     assert out_g == out_t
-    assert out_g == printed(PROMPT, char_gen.generate(PROMPT, 80, GREEDY))
+    assert out_g == printed(PROMPT, char_gen.generate(PROMPT, 80, config=GREEDY).text)
 
 
+@pytest.mark.slow
 def test_cli_json_and_plain_text_with_the_same_seed(char_run, char_gen):
     common = [str(char_run), "--prompt", PROMPT, "-n", "90", "-N", "2", "--seed", "7",
               "--temperature", "1", "--threads", "1"]  # fmt: skip
@@ -819,7 +767,7 @@ def test_cli_json_and_plain_text_with_the_same_seed(char_run, char_gen):
 
     records = [json.loads(line) for line in out_j.splitlines()]
     assert len(records) == 2
-    expected = char_gen.generate_samples(PROMPT, 2, 90, cfg(1.0), seed=7)
+    expected = char_gen.generate(PROMPT, 90, num_samples=2, config=cfg(1.0), seed=7).texts
     for index, record in enumerate(records):
         assert set(record) == {"sample", "prompt", "text", "tokens", "finish", "seed"}
         assert record["sample"] == index
@@ -842,18 +790,21 @@ def test_cli_json_and_plain_text_with_the_same_seed(char_run, char_gen):
         assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_cli_without_seed_reports_one_that_reproduces_the_text(char_run, char_gen):
     rc, out, err = run_generate(str(char_run), "--prompt", PROMPT, "-n", "70", "--temperature", "1", "--json",
                                 "--threads", "1")  # fmt: skip
     assert rc == 0, err
     (record,) = [json.loads(line) for line in out.splitlines()]
     assert f"seed {record['seed']}" in err
-    assert record["text"] == char_gen.generate(PROMPT, 70, cfg(1.0), seed=record["seed"])
+    assert record["text"] == char_gen.generate(PROMPT, 70, config=cfg(1.0), seed=record["seed"]).text
 
 
+@pytest.mark.slow
 def test_cli_stop_reads_backslash_escapes(char_run, char_gen):
-    expected = char_gen.generate(PROMPT, 300, cfg(1.0), seed=2, stop=["\n\n"])
-    assert char_gen.last_results[0].finish == "stop"  # the seed reaches a blank line
+    (sample,) = char_gen.generate(PROMPT, 300, config=cfg(1.0), seed=2, stop=["\n\n"]).samples
+    expected = sample.text
+    assert sample.finish == "stop"  # the seed reaches a blank line
     rc, out, err = run_generate(str(char_run), "--prompt", PROMPT, "-n", "300", "--seed", "2", "--temperature", "1",
                                 "--stop", r"\n\n", "--json", "--threads", "1")  # fmt: skip
     assert rc == 0, err
@@ -864,6 +815,7 @@ def test_cli_stop_reads_backslash_escapes(char_run, char_gen):
     assert record["tokens"] < 300
 
 
+@pytest.mark.slow
 def test_cli_warns_about_unseen_prompt_characters(char_run, char_gen):
     prompt = "KING:\nThe k@ing said é"
     rc, out, err = run_generate(str(char_run), "--prompt", prompt, "-n", "60", "--seed", "3", "--threads", "1")
@@ -871,14 +823,15 @@ def test_cli_warns_about_unseen_prompt_characters(char_run, char_gen):
     warnings = [line for line in err.splitlines() if "warning" in line]
     assert len(warnings) == 1, err
     assert "'@'" in warnings[0] and "'é'" in warnings[0]
-    assert out == printed(prompt, char_gen.generate(prompt, 60, SampleConfig(), seed=3))
+    assert out == printed(prompt, char_gen.generate(prompt, 60, config=SampleConfig(), seed=3).text)
     assert "warning" not in out
 
 
+@pytest.mark.slow
 def test_generate_shim_at_the_repository_root(char_run, char_gen):
     rc, out, err = run_generate(str(char_run), "--prompt", PROMPT, "--greedy", "-n", "50", "--threads", "1", shim=True)
     assert rc == 0, err
-    assert out == printed(PROMPT, char_gen.generate(PROMPT, 50, GREEDY))
+    assert out == printed(PROMPT, char_gen.generate(PROMPT, 50, config=GREEDY).text)
     assert "checkpoint of" in err
 
 
@@ -894,15 +847,16 @@ def two_checkpoint_run(char_run, tmp_path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_checkpoint_best_and_last_both_load(two_checkpoint_run):
     best = Generator(two_checkpoint_run, checkpoint="best")
     last = Generator(two_checkpoint_run, checkpoint="last")
     auto = Generator(two_checkpoint_run)
     assert (best.checkpoint, last.checkpoint, auto.checkpoint) == (BEST, LAST, BEST)
-    text_best = best.generate(PROMPT, 60, GREEDY)
-    text_last = last.generate(PROMPT, 60, GREEDY)
+    text_best = best.generate(PROMPT, 60, config=GREEDY).text
+    text_last = last.generate(PROMPT, 60, config=GREEDY).text
     assert text_best != text_last
-    assert auto.generate(PROMPT, 60, GREEDY) == text_best
+    assert auto.generate(PROMPT, 60, config=GREEDY).text == text_best
 
     common = [str(two_checkpoint_run), "--prompt", PROMPT, "--greedy", "-n", "60", "--threads", "1"]
     for which, text in ((BEST, text_best), (LAST, text_last)):
@@ -917,9 +871,9 @@ def test_missing_checkpoint_folder(two_checkpoint_run):
     assert Generator(two_checkpoint_run).checkpoint == LAST  # auto falls back to last
     with pytest.raises(CharlmError, match="no best checkpoint"):
         Generator(two_checkpoint_run, checkpoint="best")
-    result = invoke(str(two_checkpoint_run), "--checkpoint", "best", "--prompt", "x")
+    result = invoke("generate", str(two_checkpoint_run), "--checkpoint", "best", "--prompt", "x")
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    line = assert_one_error_line(result.exit_code, result.stdout, result.stderr)
+    line = assert_user_error(result)
     assert "best" in line
 
 
@@ -936,15 +890,16 @@ def test_multiscript_models_generate_valid_utf8(source, tokenizer, multiscript_r
     samples: list[str] = []
     for seed, prompt in ((1, ""), (2, "Статья 1\n"), (3, "中文：")):
         per_sample: dict[int, list[str]] = defaultdict(list)
-        for index, chunk in gen.stream_samples(prompt, 2, 300, cfg(1.5), seed=seed):
+        result = gen.generate(prompt, 300, num_samples=2, config=cfg(1.5), seed=seed)
+        for index, chunk in result:
             assert isinstance(chunk, str) and chunk
             chunk.encode("utf-8")  # strict: no lone surrogates in any chunk
             assert REPLACEMENT not in chunk
             per_sample[index].append(chunk)
-        assert [r.tokens for r in gen.last_results] == [300, 300]
+        assert [r.tokens for r in result.samples] == [300, 300]
         for index in range(2):
             text = "".join(per_sample[index])
-            assert text == gen.last_results[index].text
+            assert text == result.samples[index].text
             assert text.encode("utf-8").decode("utf-8") == text
             samples.append(text)
     everything = "".join(samples)

@@ -21,30 +21,24 @@ nothing on stdout and no traceback.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import REPO, train_into
-from test_cli import assert_cli_error, child_env
+from helpers import assert_user_error, invoke, numbered_lines, read_config, run_cli, train_tiny_run
 
-from charlm.cli import cli
-from charlm.config import ModelConfig, SampleConfig, TrainConfig
+from charlm.config import SampleConfig
 from charlm.errors import CharlmError
 from charlm.inference.generate import MAX_SAMPLES, MAX_TOKENS, PRIME_WINDOW, Generator
 from charlm.runs.directory import RunDirectory
-from charlm.text.corpus import prepare_corpus
 
 STEPS = 20
-TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(150))
-TINY_MODEL = dict(cell="lstm", layers=1, hidden=16, embed=8, dropout=0.0, tie_weights=False)
+TEXT = numbered_lines(150)
 # What must never reach a terminal from a notice: they would restyle, move or rewrite it.
 TERMINAL_CONTROLS = ("\x1b", "\r", "\x00", "\x07", "\u202e", "\u0301", "\x9b")
 
@@ -53,16 +47,9 @@ TERMINAL_CONTROLS = ("\x1b", "\r", "\x00", "\x07", "\u202e", "\u0301", "\x9b")
 def run(tmp_path_factory) -> Path:
     """A char-level LSTM (hidden 16) trained for STEPS steps; used read-only."""
     root = tmp_path_factory.mktemp("hostile-generate")
-    data = root / "corpus.txt"
-    data.write_text(TEXT, encoding="utf-8")
-    corpus = prepare_corpus(str(data), val_fraction=0.1, tokenizer="char", cache_root=root / "cache")
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **TINY_MODEL)
-    train_config = TrainConfig(
-        data=str(data), batch_size=4, seq_len=16, warmup_steps=2, max_steps=STEPS, eval_every=STEPS,
-        eval_batch_size=2, checkpoint_every=STEPS, log_every=STEPS, precision="fp32", device="cpu", sample_length=0,
-    )  # fmt: skip
-    train_into(root / "run", corpus, model_config, train_config)
-    return root / "run"
+    return train_tiny_run(root, TEXT, model=dict(hidden=16, embed=8), batch_size=4, seq_len=16, warmup_steps=2,
+                          max_steps=STEPS, eval_every=STEPS, eval_batch_size=2, checkpoint_every=STEPS,
+                          log_every=STEPS)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -70,25 +57,16 @@ def generator(run) -> Generator:
     return Generator(run)
 
 
-def charlm(*args: str, input: Optional[bytes] = None):
-    """The CLI in this process (click's runner keeps stdout and stderr apart); input is stdin."""
-    return CliRunner().invoke(cli, list(args), prog_name="charlm", input=input)
-
-
 def generate(run: Path, *args: str):
-    return charlm("generate", str(run), "--threads", "1", *args)
+    return invoke("generate", str(run), "--threads", "1", *args)
 
 
 def perplexity(run: Path, *args: str, input: Optional[bytes] = None):
-    return charlm("perplexity", str(run), "--threads", "1", *args, input=input)
+    return invoke("perplexity", str(run), "--threads", "1", *args, input=input)
 
 
-def assert_error(result, *needles: str, status: int = 1) -> str:
-    line = assert_cli_error(result)
-    assert result.exit_code == status, line
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in: {line}"
-    return line
+# every error here is one line alone, exit 1 unless a call says status=2 (click's usage errors)
+assert_error = functools.partial(assert_user_error, status=1)
 
 
 def assert_clean_stderr(stderr: str) -> None:
@@ -125,21 +103,18 @@ def test_control_characters_in_the_prompt(prompt, run):
         assert shown in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_control_characters_in_a_real_process(run, tmp_path):
     """Through a real terminal-less process: stderr is clean bytes, the prompt comes back on stdout."""
     prompt = "".join(HOSTILE_PROMPTS.values())
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_bytes(prompt.encode("utf-8"))
-    done = subprocess.run(
-        [sys.executable, "-m", "charlm", "generate", str(run), "--prompt-file", str(prompt_file), "-n", "5",
-         "--seed", "3", "--threads", "1"],
-        capture_output=True, env=child_env(), cwd=REPO, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    done = run_cli("generate", str(run), "--prompt-file", str(prompt_file), "-n", "5", "--seed", "3", "--threads", "1")
     assert done.returncode == 0, done.stderr
-    stderr = done.stderr.decode("utf-8")
+    stderr = done.stderr
     assert_clean_stderr(stderr)
     assert "U+0000" in stderr and "U+001B" in stderr  # the first ten, in code point order, are named
-    assert done.stdout.decode("utf-8").startswith(prompt)
+    assert done.stdout.startswith(prompt)
 
 
 def test_json_output_keeps_the_prompt_exactly(run):
@@ -156,7 +131,8 @@ def test_prompt_longer_than_a_priming_window_matches_one_pass(generator):
     """The prompt is primed PRIME_WINDOW tokens at a time; the state must be what one pass gives."""
     rng = random.Random(0)
     prompt = "".join(rng.choice("the quick brown fox ") for _ in range(PRIME_WINDOW * 2 + 123))
-    ids = torch.tensor([generator._prompt_ids(prompt)])
+    assert set(prompt) <= set(TEXT)  # every character known: the ids are the plain encoding
+    ids = torch.tensor([generator.tokenizer.encode(prompt).tolist()])
     with torch.inference_mode():
         logits, state = generator.model(ids)  # the reference: one pass
         out, expected = [], logits[0, -1]
@@ -257,15 +233,56 @@ def test_zero_tokens_prints_only_the_prompt(run):
 
 
 def test_top_k_past_the_vocabulary_is_clamped(run):
-    result = generate(run, "--top-k", str(10**6), "-n", "10", "--seed", "4")
-    assert result.exit_code == 0, result.stderr
+    vocab = read_config(run)["model"]["vocab_size"]
+    plain = generate(run, "--prompt", "line 1", "-n", "40", "--seed", "4")
+    assert plain.exit_code == 0, plain.stderr
+    for k in (vocab, vocab + 1, 10**6):  # all the same as no top-k at all: nothing to cut
+        clamped = generate(run, "--prompt", "line 1", "-n", "40", "--seed", "4", "--top-k", str(k))
+        assert clamped.exit_code == 0, clamped.stderr
+        assert (clamped.stdout, clamped.stderr) == (plain.stdout, plain.stderr), k
+    # and a top-k below the vocabulary does cut: top-k 1 is greedy, which this seed's sample is not
+    greedy = generate(run, "--prompt", "line 1", "-n", "40", "--greedy")
+    assert generate(run, "--prompt", "line 1", "-n", "40", "--seed", "4", "--top-k", "1").stdout == greedy.stdout
+    assert plain.stdout != greedy.stdout
 
 
-@pytest.mark.parametrize("stop", [r"\n", "\\\\", r"\t", "\x1b", r"\r\n"])
-def test_stop_given_only_as_escapes(stop, run):
-    result = generate(run, "--stop", stop, "-n", "60", "--seed", "5")
-    assert result.exit_code == 0, result.stderr
-    assert_clean_stderr(result.stderr)
+# each --stop as typed, and the text it stands for; ESC is a raw control character, not an escape
+STOPS_AS_TYPED = {r"\n": "\n", "\\\\": "\\", r"\t": "\t", "\x1b": "\x1b", r"\r\n": "\r\n"}
+ESCAPES_TEXT = "".join(f"line {i}:\tthe quick \\ brown\x1b fox\r\n" for i in range(150))
+
+
+@pytest.fixture(scope="module")
+def escapes_run(tmp_path_factory) -> Path:
+    """A char LSTM trained on lines holding a tab, a backslash, ESC and CRLF, so that its
+    samples reach every stop text above."""
+    root = tmp_path_factory.mktemp("escapes")
+    return train_tiny_run(root, ESCAPES_TEXT, model=dict(hidden=16, embed=8), batch_size=4, seq_len=16,
+                          warmup_steps=2, max_steps=STEPS, eval_every=STEPS, eval_batch_size=2,
+                          checkpoint_every=STEPS, log_every=STEPS)  # fmt: skip
+
+
+@pytest.mark.parametrize("typed, stop", STOPS_AS_TYPED.items(), ids=["newline", "backslash", "tab", "esc", "crlf"])
+def test_stop_given_only_as_escapes(typed, stop, escapes_run):
+    def sample(seed: int, *stop_option: str):
+        result = generate(escapes_run, "--prompt", "line 1", "-n", "120", "--seed", str(seed), *stop_option)
+        assert result.exit_code == 0, result.stderr
+        assert_clean_stderr(result.stderr)
+        return result
+
+    # a seed whose sample, left to run, reaches the stop text
+    for seed in range(40):
+        (free,) = map(json.loads, sample(seed, "--json").stdout.splitlines())
+        if stop in free["text"]:
+            break
+    else:
+        pytest.fail(f"no sample reached {stop!r}")
+    (stopped,) = map(json.loads, sample(seed, "--json", "--stop", typed).stdout.splitlines())
+    assert stopped["finish"] == "stop" and free["finish"] == "length"
+    assert stopped["text"] == free["text"][: free["text"].index(stop)]  # ends where the stop text began
+    assert stop not in stopped["text"]
+    # as plain text: the prompt and the sample up to the stop, without it, ending in a newline
+    body = "line 1" + stopped["text"]
+    assert sample(seed, "--stop", typed).stdout == (body if body.endswith("\n") else body + "\n")
 
 
 def test_stop_newline_ends_every_sample_before_a_newline(run):

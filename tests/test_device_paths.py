@@ -18,8 +18,17 @@ import sys
 
 import pytest
 import torch
-from test_crash_resume import environment, write_corpus
-from test_training import make_corpus, metrics, new_trainer, of_kind, same_weights, word_text
+from helpers import (
+    child_env,
+    make_corpus,
+    new_trainer,
+    of_kind,
+    read_events,
+    resumed_trainer,
+    same_weights,
+    word_text,
+    write_text,
+)
 
 from charlm.errors import CharlmError
 from charlm.hardware import check_precision_runs
@@ -65,11 +74,11 @@ def test_a_precision_torch_cannot_run_here_is_refused_in_one_line(tmp_path):
     if not refused:
         pytest.skip("torch runs every cell in fp16 and bf16 on this CPU: nothing to refuse")
     cell, precision = refused[0]
-    corpus = write_corpus(tmp_path / "c.txt", chars=5000)
+    corpus = write_text(tmp_path / "c.txt", word_text(5000))
     done = subprocess.run(
         [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--out", str(tmp_path / "run"), "--device", "cpu",
          "--cell", cell, "--precision", precision, "--max-steps", "2", "--sample-length", "0"],
-        env=environment(tmp_path / "data"), capture_output=True, text=True, timeout=120,
+        env=child_env(tmp_path / "data"), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"torch cannot run a {cell} cell in {precision} on this CPU; use --precision" in done.stderr
@@ -77,28 +86,25 @@ def test_a_precision_torch_cannot_run_here_is_refused_in_one_line(tmp_path):
 
 
 def test_a_bad_step_is_skipped_on_the_device_without_touching_weights_or_moments(tmp_path):
+    """Three steps whose third is bad end with the weights, AdamW moments and step counts of
+    two good steps, bit for bit (a constant learning rate, so the budget does not matter)."""
     corpus = make_corpus(tmp_path, word_text(3000))
-    trainer = new_trainer(tmp_path / "run", corpus, train=dict(max_steps=3), faults=FaultPlan("nan-loss@3"))
-    assert trainer._fused, "this torch has fused AdamW on the CPU: the device-side skip is what runs on a GPU"
-    trainer.run()  # steps 1 and 2 good; step 3 bad
-    assert trainer.skipped_steps == 1
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    moments = {id(p): {k: v.clone() for k, v in s.items()} for p, s in trainer.optimizer.state.items()}
-
-    trainer.faults = FaultPlan("nan-loss@4")
-    x, y = trainer.batcher.batch(trainer.epoch, trainer.window)
-    trainer._train_step(x, y)  # step 4, bad: judged and skipped on the device
-    (record,) = trainer.guard.read(trainer._pending)
-    assert record.bad
-    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
-    for p, s in trainer.optimizer.state.items():
-        assert all(torch.equal(moments[id(p)][k], v) for k, v in s.items())  # moments and step count
-
-    trainer._pending = []
-    x, y = trainer.batcher.batch(trainer.epoch, trainer.window)
-    trainer._train_step(x, y)  # step 4 again, good this time: the update happens
-    assert not trainer.guard.read(trainer._pending)[0].bad
-    assert not all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    constant = dict(min_lr_ratio=1.0, warmup_steps=1)
+    two = new_trainer(tmp_path / "two", corpus, train=dict(max_steps=2, **constant))
+    assert two.optimizer.defaults.get("fused"), "this torch has fused AdamW on the CPU: the device-side skip is what runs on a GPU"
+    two.run()
+    events: list = []
+    three = new_trainer(tmp_path / "three", corpus, train=dict(max_steps=3, **constant), events=events,
+                        faults=FaultPlan("nan-loss@3"))  # fmt: skip
+    three.run()  # steps 1 and 2 good; step 3 judged bad on the device and its update skipped
+    assert three.skipped_steps == 1 and [e["action"] for e in of_kind(events, "bad_step")] == ["skip"]
+    assert same_weights(two.model, three.model)
+    moments, expected = three.optimizer.state_dict()["state"], two.optimizer.state_dict()["state"]
+    assert moments.keys() == expected.keys()
+    for index, state in moments.items():
+        assert state.keys() == expected[index].keys()
+        assert all(torch.equal(value, expected[index][key]) for key, value in state.items())  # moments, step
+    assert all(not t.any() for t in three.state)  # the state of a bad step is not carried on: zeros
 
 
 def _train_with(tmp_path, name, corpus, check_every, faults, **train):
@@ -107,7 +113,7 @@ def _train_with(tmp_path, name, corpus, check_every, faults, **train):
                           train=dict(max_steps=60, log_every=5, eval_every=20, checkpoint_every=10, **train),
                           faults=FaultPlan(faults), check_every=check_every)  # fmt: skip
     trainer.run()
-    return trainer, metrics(tmp_path / name)
+    return trainer, read_events(tmp_path / name)
 
 
 def _without_timing(events: list[dict]) -> list[dict]:
@@ -134,21 +140,21 @@ def test_a_rollback_still_happens_when_records_are_read_back_late(tmp_path):
 
 
 def test_compile_trains_and_saves_plain_weight_names(tmp_path):
-    corpus = write_corpus(tmp_path / "c.txt", chars=8000)
+    corpus = write_text(tmp_path / "c.txt", word_text(8000))
     common = [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--hidden", "32", "--embed", "16",
               "--batch-size", "4", "--seq-len", "16", "--threads", "1", "--precision", "fp32", "--dropout", "0",
               "--max-steps", "10", "--log-every", "10", "--sample-length", "20", "--device", "cpu"]  # fmt: skip
-    env = environment(tmp_path / "data")
+    env = child_env(tmp_path / "data")
     eager = subprocess.run(common + ["--out", str(tmp_path / "eager")], env=env, capture_output=True, text=True, timeout=300)
     assert eager.returncode == 0, eager.stderr
     compiled = subprocess.run(common + ["--out", str(tmp_path / "compiled"), "--compile"], env=env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr
     assert "compiled);" in compiled.stderr
-    start = of_kind(metrics(tmp_path / "compiled"), "start")[0]
+    start = of_kind(read_events(tmp_path / "compiled"), "start")[0]
     assert start["compile"] is True
     # the same training, up to the float rounding of generated kernels
-    loss = lambda run: of_kind(metrics(tmp_path / run), "train")[0]["loss"]  # noqa: E731
+    loss = lambda run: of_kind(read_events(tmp_path / run), "train")[0]["loss"]  # noqa: E731
     assert abs(loss("compiled") - loss("eager")) < 1e-3
     from charlm.runs.directory import LAST, RunDirectory
 
@@ -159,7 +165,6 @@ def test_compile_trains_and_saves_plain_weight_names(tmp_path):
 def test_a_checkpoint_holding_a_gpu_rng_state_resumes_exactly_on_the_cpu(tmp_path):
     """A run checkpointed on a GPU carries its CUDA generator's state; on a CPU that state is
     ignored and everything else resumes as usual, bit for bit."""
-    from test_training import resumed_trainer
 
     from charlm.runs.directory import LAST, STATE_FILE
 

@@ -1,4 +1,4 @@
-"""Tests for charlm.training.trainer: the stateful truncated-BPTT training loop, end to end on the CPU.
+"""Tests for the Trainer (engine + language-model task): the stateful truncated-BPTT training loop, end to end on the CPU.
 
 Covers learning (a tiny LSTM overfits a repeated phrase and greedy generation continues it),
 the carried recurrent state (detached between windows, kept within an epoch, reset at an
@@ -172,7 +172,7 @@ def test_tiny_lstm_overfits_a_repeated_phrase(tmp_path):
     assert which == BEST
     generator = Generator(model, trainer.run_dir.load_tokenizer())
     continuation = generator.generate("hello", max_tokens=20, config=SampleConfig(temperature=0.0), seed=0)
-    assert continuation.startswith(" world, hello")
+    assert continuation.text.startswith(" world, hello")
 
 
 # ----- the carried state ----------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import shared_file
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +38,8 @@ def isolated_data_dir(tmp_path_factory, monkeypatch) -> Path:
 @pytest.fixture
 def shakespeare_path() -> Path:
     """tinyshakespeare.txt from the shared data folder (skips when absent)."""
+    from helpers import shared_file  # imported here: loading conftest never imports charlm
+
     return shared_file("tinyshakespeare.txt")
 
 

@@ -39,11 +39,14 @@ from helpers import (
     Finished,
     assert_user_error,
     child_env,
+    end_event,
     entries,
     file_size_limit,
     invoke,
     numbered_lines,
+    of_kind,
     read_config,
+    read_events,
     run_cli,
     snapshot,
     write_text,
@@ -204,6 +207,7 @@ def test_one_character_repeated_trains(tokenizer, tmp_path):
                     "--vocab-size", "300", *FAST)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert (out / "last" / "model.safetensors").is_file()
+    assert end_event(out)["step"] == 2
     if tokenizer == "char":
         assert read_config(out)["model"]["vocab_size"] == 2  # the unknown symbol and "a"
     if tokenizer == "sentencepiece":  # it cannot find 300 pieces in "aaaa...": it says so
@@ -223,6 +227,16 @@ def test_a_single_line_of_five_megabytes_trains(tokenizer, tmp_path):
                     "--vocab-size", "400", "--val-fraction", "0.01", *FAST)  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert (out / "last" / "model.safetensors").is_file()
+    end = end_event(out)
+    assert (end["step"], end["reason"]) == (2, "max_steps") and math.isfinite(end["last_val_loss"])
+    (start,) = of_kind(read_events(out), "start")
+    train_text = line[: len(line) - int(len(line) * 0.01)]  # the split is cut in characters
+    if tokenizer == "char":
+        assert start["train_tokens"] == len(train_text)
+    elif tokenizer == "byte":
+        assert start["train_tokens"] == len(train_text.encode("utf-8"))
+    else:
+        assert 0 < start["train_tokens"] < len(train_text)
 
 
 # ---------------------------------------------------------------------------------------

@@ -32,7 +32,17 @@ from typing import Callable
 
 import pytest
 import torch
-from helpers import REPO, assert_user_error, child_env, invoke, numbered_lines, run_cli, snapshot, train_tiny_run
+from helpers import (
+    REPO,
+    assert_user_error,
+    child_env,
+    end_event,
+    invoke,
+    numbered_lines,
+    run_cli,
+    snapshot,
+    train_tiny_run,
+)
 from safetensors.torch import load_file, save_file
 
 from charlm.errors import CharlmError
@@ -115,6 +125,16 @@ def test_an_undamaged_run_loads(command, run, text_file):
     result = run_command(command, run, text_file)
     assert result.exit_code == 0, result.stderr
     assert "Traceback" not in result.stderr
+    if command == "generate":  # five characters of the corpus's alphabet, no prompt, one newline
+        assert len(result.stdout) == 6 and result.stdout.endswith("\n"), repr(result.stdout)
+        assert set(result.stdout[:-1]) <= set(TEXT)
+        assert f"best checkpoint of {run}" in result.stderr
+    elif command == "perplexity":  # every character of the text scored
+        (row,) = [line for line in result.stdout.splitlines() if "tokens scored" in line]
+        assert row.split()[-1] == f"{len(text_file.read_text(encoding='utf-8')):,}"
+    else:
+        end = end_event(run)
+        assert (end["step"], end["reason"]) == (STEPS + 4, "max_steps")
 
 
 # ---------------------------------------------------------------------------------------
@@ -431,7 +451,13 @@ def spm_run(runs, tmp_path) -> Path:
 
 
 def test_spm_run_loads(spm_run, text_file):
-    assert invoke("generate", str(spm_run), "-n", "5", "--threads", "1").exit_code == 0
+    result = invoke("generate", str(spm_run), "-n", "5", "--seed", "1", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip(), "no text generated"
+    scored = invoke("perplexity", str(spm_run), "--data", str(text_file), "--threads", "1", "--json")
+    assert scored.exit_code == 0, scored.stderr
+    record = json.loads(scored.stdout)
+    assert record["chars"] == len(text_file.read_text(encoding="utf-8")) and 0 < record["tokens"] < record["chars"]
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,6 @@ from typing import Callable, Optional, Union
 import pytest
 from click.testing import CliRunner, Result
 
-from charlm.cli import cli
-
 from .texts import REPO
 
 ERROR_PREFIX = "charlm: error:"
@@ -134,6 +132,8 @@ def invoke(
 ) -> Result:
     """Run the CLI in this process with click's test runner (stdout and stderr kept apart);
     input is what it reads on stdin."""
+    from charlm.cli import cli  # here, so importing the helpers never depends on the CLI importing
+
     return CliRunner().invoke(cli, list(args), prog_name="charlm", env=env, input=input,
                               catch_exceptions=catch_exceptions)  # fmt: skip
 

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from charlm.config import ModelConfig, RunConfig, TrainConfig
 from charlm.runs.directory import LAST, METRICS_FILE, WEIGHTS_FILE, RunDirectory
-from charlm.text.corpus import PreparedCorpus, prepare_corpus
 from charlm.tasks.language_model import Trainer
+from charlm.text.corpus import PreparedCorpus, prepare_corpus
 
 from .texts import write_text
 

@@ -99,6 +99,8 @@ class StopScanner:
 
 @dataclass(frozen=True)
 class SampleResult:
+    """One finished sample: its text (without the prompt), the tokens drawn, why it ended."""
+
     text: str
     tokens: int
     finish: str  # "stop" or "length"
@@ -126,6 +128,8 @@ class Generation:
         try:
             return next(self._chunks)
         except StopIteration as end:
+            if end.value is None:  # the sampling loop raised earlier (an interrupt) and is gone
+                raise CharlmError("this generation was interrupted before it finished; generate again") from None
             self._samples = end.value
             raise StopIteration from None
 
@@ -138,7 +142,6 @@ class Generation:
         """Each sample's text, token count and finish reason ("stop" or "length")."""
         for _ in self:
             pass
-        assert self._samples is not None
         return self._samples
 
     @property
@@ -152,6 +155,8 @@ class Generation:
 
 
 class Generator:
+    """A loaded model ready to sample from; one instance serves any number of generate() calls."""
+
     def __init__(
         self,
         source: Union[RNNLM, str, Path],

@@ -415,6 +415,7 @@ def test_per_line_table_escapes_control_characters(run, tmp_path):
     assert "\\x1b[31m1\\rx" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_10_mb_single_line_is_scored(run, tmp_path):
     words = "the quick brown fox jumps over lazy dog line".split()
     rng = random.Random(7)

@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 import torch
+from helpers import (
+    CPU,
+    MODEL_DEFAULTS,
+    TRAIN_DEFAULTS,
+    make_corpus,
+    new_trainer,
+    of_kind,
+    read_events,
+    resumed_trainer,
+    same_weights,
+    word_text,
+)
 
 from charlm.config import ModelConfig, RunConfig, SampleConfig, TrainConfig
 from charlm.errors import CharlmError
@@ -30,114 +41,11 @@ from charlm.inference.generate import Generator
 from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
 from charlm.models.rnnlm import state_tensors
 from charlm.runs.directory import BEST, LAST, METRICS_FILE, RunDirectory
-from charlm.text.corpus import PreparedCorpus, prepare_corpus
 from charlm.text.tokenizer import context_token_id
 from charlm.training.optim import learning_rate
 from charlm.tasks.language_model import Trainer
 
-CPU = torch.device("cpu")
-
-
 # ----- helpers --------------------------------------------------------------------------
-
-WORDS = "the a cat dog sat on mat ran far and then slept under warm sun while birds sang".split()
-
-
-def word_text(chars: int, seed: int = 0, extra: tuple[str, ...] = ()) -> str:
-    rng = random.Random(seed)
-    vocabulary = WORDS + list(extra)
-    out, length = [], 0
-    while length < chars:
-        word = rng.choice(vocabulary)
-        sep = ".\n" if rng.random() < 0.1 else " "
-        out.append(word + sep)
-        length += len(word) + len(sep)
-    return "".join(out)[:chars]
-
-
-def make_corpus(
-    tmp_path: Path, text: str, val_text: Optional[str] = None, val_fraction: float = 0.1
-) -> PreparedCorpus:
-    path = tmp_path / "corpus.txt"
-    path.write_text(text, encoding="utf-8")
-    val_data = None
-    if val_text is not None:
-        val_path = tmp_path / "val.txt"
-        val_path.write_text(val_text, encoding="utf-8")
-        val_data = str(val_path)
-    return prepare_corpus(
-        str(path), val_data=val_data, val_fraction=val_fraction, tokenizer="char", cache_root=tmp_path / "cache"
-    )
-
-
-MODEL_DEFAULTS = dict(cell="lstm", layers=1, hidden=32, embed=16, dropout=0.0, tie_weights=False)
-TRAIN_DEFAULTS = dict(
-    batch_size=4, seq_len=12, lr=5e-3, warmup_steps=5, max_steps=10, eval_every=1000,
-    checkpoint_every=1000, log_every=1, eval_batch_size=4, random_offset=True,
-)  # fmt: skip
-
-
-def new_trainer(
-    run_path: Path,
-    corpus: PreparedCorpus,
-    model: Optional[dict[str, Any]] = None,
-    train: Optional[dict[str, Any]] = None,
-    precision: str = "fp32",
-    events: Optional[list] = None,
-    should_stop: Optional[Callable[[], bool]] = None,
-    seed: int = 0,
-    **trainer_options: Any,
-) -> Trainer:
-    """A Trainer on a freshly prepared run directory (config and tokenizer written);
-    trainer_options go to Trainer (faults, check_every)."""
-    mc = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, **{**MODEL_DEFAULTS, **(model or {})})
-    tc = TrainConfig(**{**TRAIN_DEFAULTS, **(train or {})})
-    tc.validate()
-    run = RunDirectory(run_path)
-    run.prepare()
-    run.save_tokenizer(corpus.tokenizer)
-    run.write_config(RunConfig(model=mc, train=tc, tokenizer_kind=corpus.tokenizer.kind))
-    torch.manual_seed(seed)
-    return Trainer(mc, tc, corpus, run, CPU, precision, on_event=_sink(events), should_stop=should_stop,
-                   **trainer_options)  # fmt: skip
-
-
-def resumed_trainer(
-    run_path: Path,
-    corpus: PreparedCorpus,
-    events: Optional[list] = None,
-    scramble_seed: int = 999,
-    **limits: Any,
-) -> Trainer:
-    """A new Trainer on an existing run, as `charlm train --resume` builds it, then resume()."""
-    run = RunDirectory(run_path)
-    run.prepare(resume=True)
-    config = run.read_config()
-    for name, value in limits.items():
-        setattr(config.train, name, value)
-    config.train.validate()
-    torch.manual_seed(scramble_seed)  # the global RNG must come from the checkpoint, not from here
-    trainer = Trainer(config.model, config.train, corpus, run, CPU, "fp32", on_event=_sink(events))
-    trainer.resume()
-    return trainer
-
-
-def _sink(events: Optional[list]):
-    return events.append if events is not None else None
-
-
-def of_kind(events: list[dict], kind: str) -> list[dict]:
-    return [e for e in events if e["event"] == kind]
-
-
-def metrics(run_path: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_path / METRICS_FILE).read_text(encoding="utf-8").splitlines()]
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
 
 def unigram_entropy(text: str) -> float:
     counts = Counter(text)
@@ -266,7 +174,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, cell):
     assert result_a.last_val_loss == result_b.last_val_loss
 
     def after_n(run_path: Path, kind: str) -> list[tuple]:
-        return [(e["step"], e["loss"], e.get("lr")) for e in metrics(run_path) if e["event"] == kind and e["step"] > N]
+        return [(e["step"], e["loss"], e.get("lr")) for e in read_events(run_path) if e["event"] == kind and e["step"] > N]
 
     train_a, train_b = after_n(tmp_path / "a", "train"), after_n(tmp_path / "b", "train")
     assert [s for s, _, _ in train_a] == list(range(N + 2, 2 * N + 1, 2))

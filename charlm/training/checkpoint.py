@@ -26,7 +26,7 @@ from charlm.training.resume import resume_command
 from charlm.training.state import TrainerState
 
 # the fix write_error offers besides freeing disk space
-MOVE_THE_RUN = "move the run folder where it can be written"
+MOVE_THE_RUN = "move the run folder elsewhere"
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -5,8 +5,9 @@ window), when to log, evaluate and checkpoint, when to stop (max_steps, max_time
 an interrupt), and how far the run is through its budget (`progress`, which drives the
 learning-rate schedule). Under torchrun the host facts behind those decisions (an
 interrupt, the clock, the time since the last checkpoint) are agreed every step, so every
-process decides alike. The steps themselves, checkpoints and validation are the Engine's
-(engine.py), which is the one class built on this one.
+process decides alike. What goes wrong in a step is Recovery's (recovery.py), built on this
+class; the steps themselves, checkpoints and validation are the Engine's (engine.py), built
+on that: one engine, in three classes of one concern each.
 """
 
 from __future__ import annotations

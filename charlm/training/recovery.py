@@ -5,7 +5,7 @@ log accumulators, and each bad one is met with guard.react's decision, carried o
 skip the update and go on, roll back to the last checkpoint with a lower learning rate, or
 give up with a message that names the intact checkpoint and the command that continues it
 with a lower --lr. Running out of memory saves the run when its weights are consistent and
-says how to continue. The Engine (engine.py) is the one class built on this one.
+says how to continue. Built on Loop (loop.py); the Engine (engine.py) is built on this.
 """
 
 from __future__ import annotations

@@ -63,6 +63,13 @@ def run(args: list[str], env: dict[str, str], cwd: Path, preexec_fn=None):
     return run_cli(*args, env=env, cwd=cwd, timeout=300, preexec_fn=preexec_fn)
 
 
+def resume_to_the_end(out: Path, env: dict[str, str], cwd: Path, reference: Path) -> None:
+    """Resume the run as a user would and check it ends exactly as the uninterrupted one."""
+    done = run(resume_args(out), env, cwd)
+    assert done.returncode == 0, done.stderr
+    assert_same_as_reference(out, reference)
+
+
 def progress(out: Path, kind: str) -> list[tuple]:
     """The train or eval events as (step, loss, ...) tuples of the numbers that must repeat exactly."""
     fields = {"train": ("step", "loss", "lr", "grad_norm"), "eval": ("step", "loss", "best")}[kind]
@@ -209,9 +216,7 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_identical(setting, tmp_path):
     out = tmp_path / "run"
     env = child_env(data_dir)
     _stop_with_sigterm(train_args(corpus, out), out, env, tmp_path)
-    done = run(resume_args(out), env, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert_same_as_reference(out, reference)
+    resume_to_the_end(out, env, tmp_path, reference)
 
 
 def test_out_of_memory_saves_the_run_and_it_resumes_exactly(setting, tmp_path):
@@ -224,9 +229,7 @@ def test_out_of_memory_saves_the_run_and_it_resumes_exactly(setting, tmp_path):
     assert "the run is saved at step 124" in error and "--resume" in error
     assert assert_loadable(out) == 124
 
-    done = run(resume_args(out), child_env(data_dir), tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert_same_as_reference(out, reference)
+    resume_to_the_end(out, child_env(data_dir), tmp_path, reference)
 
 
 def test_a_checkpoint_the_disk_refuses_leaves_the_previous_one_and_resumes_exactly(setting, tmp_path):
@@ -246,9 +249,7 @@ def test_a_checkpoint_the_disk_refuses_leaves_the_previous_one_and_resumes_exact
     assert {p.name: p.read_bytes() for p in (out / LAST).iterdir()} == before
     assert hidden_entries(out) == []
 
-    done = run(resume_args(out), env, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert_same_as_reference(out, reference)
+    resume_to_the_end(out, env, tmp_path, reference)
 
 
 def test_the_guard_skips_a_nan_loss_and_rolls_back_nan_weights(setting, tmp_path):

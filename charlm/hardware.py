@@ -50,10 +50,10 @@ def check_precision_runs(cell: str, device: torch.device, precision: str) -> Non
     one-step probe with a tiny cell answers it; CUDA runs every cell in fp16 and bf16."""
     if precision == "fp32" or device.type != "cpu":
         return
-    from charlm.config import ModelConfig
+    from charlm.config import ModelShape
     from charlm.models.rnnlm import RNNLM
 
-    probe = RNNLM(ModelConfig(vocab_size=4, cell=cell, layers=1, hidden=8, embed=8, dropout=0.0))
+    probe = RNNLM(ModelShape(cell=cell, layers=1, hidden=8, embed=8, dropout=0.0).with_vocabulary(4))
     try:
         with autocast(device, precision):
             logits, _ = probe(torch.zeros(1, 2, dtype=torch.long))

@@ -10,13 +10,14 @@ try:
 except _metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never installed
     __version__ = "0+unknown"
 
-from charlm.config import ModelConfig, RunConfig, SampleConfig, TrainConfig  # noqa: E402
-from charlm.errors import CharlmError  # noqa: E402
+from charlm.config import ModelConfig, ModelShape, RunConfig, SampleConfig, TrainConfig  # noqa: E402
+from charlm.errors import CharlmError, OptionError  # noqa: E402
 from charlm.inference.generate import Generator  # noqa: E402
 from charlm.inference.scoring import Score, score_sequences, score_tokens  # noqa: E402
 from charlm.models.rnnlm import RNNLM  # noqa: E402
 from charlm.runs.directory import RunDirectory  # noqa: E402
 from charlm.tasks.language_model import Trainer, TrainResult  # noqa: E402
+from charlm.tasks.lm_run import LanguageModelRun  # noqa: E402
 from charlm.text.corpus import PreparedCorpus, prepare_corpus  # noqa: E402
 from charlm.text.sentencepiece import SentencePieceTokenizer  # noqa: E402
 from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer  # noqa: E402
@@ -27,7 +28,10 @@ __all__ = [
     "CharTokenizer",
     "CharlmError",
     "Generator",
+    "LanguageModelRun",
     "ModelConfig",
+    "ModelShape",
+    "OptionError",
     "PreparedCorpus",
     "RNNLM",
     "RunConfig",

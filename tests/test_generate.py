@@ -44,7 +44,7 @@ from typing import Optional
 
 import pytest
 import torch
-from helpers import MODEL_DEFAULTS, assert_user_error, invoke, run_cli, train_tiny_run, udhr_slice
+from helpers import MODEL_DEFAULTS, assert_user_error, invoke, multiscript_text, run_cli, train_tiny_run, udhr_slice
 
 from charlm.config import ModelConfig, SampleConfig
 from charlm.errors import CharlmError, OptionError
@@ -87,34 +87,6 @@ def play_text(chars: int, seed: int = 0) -> str:
         out.append(block)
         length += len(block)
     return "".join(out)
-
-
-# Short sentences in many scripts, written for this test (the fallback that always runs):
-# Latin with diacritics, Greek, Cyrillic, Arabic, Hebrew, Devanagari, Han, kana, Hangul,
-# Thai, emoji (ZWJ sequences, flags, skin tones) and characters outside the BMP.
-INLINE_LINES = [
-    "English: every person has the right to learn and to speak freely.",
-    "Français : chaque être humain a le droit d'apprendre, même à l'âge mûr.",
-    "Deutsch: Jeder Mensch hat das Recht, frei zu sprechen; Größe zählt nicht.",
-    "Čeština: každý člověk má právo se učit a svobodně mluvit.",
-    "Ελληνικά: κάθε άνθρωπος έχει το δικαίωμα να μαθαίνει.",
-    "Русский: каждый человек имеет право учиться и говорить свободно.",
-    "العربية: لكل إنسان الحق في التعلم والكلام بحرية.",
-    "עברית: לכל אדם יש זכות ללמוד ולדבר בחופשיות.",
-    "हिन्दी: हर व्यक्ति को सीखने और बोलने का अधिकार है।",
-    "中文：人人有学习和自由表达的权利。",
-    "日本語：すべての人は学び、自由に話す権利がある。",
-    "한국어: 모든 사람은 배우고 자유롭게 말할 권리가 있다.",
-    "ไทย: ทุกคนมีสิทธิ์ที่จะเรียนรู้และพูดอย่างเสรี",
-    "Emoji: 👩‍🔬 🇫🇷 👍🏽 🎉 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈 text.",
-]
-
-
-def inline_multiscript_text(lines: int = 900, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    return "".join(rng.choice(INLINE_LINES) + "\n" for _ in range(lines))
-
-
 
 
 def train_run(
@@ -165,7 +137,7 @@ def multiscript_runs(tmp_path_factory):
                 text = udhr_slice(windows=60, size=2000)
                 steps = 100
             else:
-                text = inline_multiscript_text()
+                text = multiscript_text(900)
                 steps = 80
             root = tmp_path_factory.mktemp(f"{source}-{tokenizer}")
             vocab = 500 if source == "udhr" else 400

@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error, invoke, run_cli, train_tiny_run, udhr_slice, word_text
+from helpers import assert_user_error, invoke, multiscript_text, run_cli, train_tiny_run, udhr_slice, word_text
 
 from charlm.config import ModelConfig
 from charlm.errors import CharlmError
@@ -63,25 +63,6 @@ LN2 = math.log(2)
 
 # ---------------------------------------------------------------------------------------
 # texts
-
-# Short sentences in several scripts (1-, 2-, 3- and 4-byte UTF-8 characters).
-MULTISCRIPT_LINES = [
-    "English: every person has the right to learn.",
-    "Français : chaque être humain a le droit d'apprendre.",
-    "Ελληνικά: κάθε άνθρωπος έχει το δικαίωμα να μαθαίνει.",
-    "Русский: каждый человек имеет право учиться.",
-    "العربية: لكل إنسان الحق في التعلم.",
-    "हिन्दी: हर व्यक्ति को सीखने का अधिकार है।",
-    "中文：人人有学习和自由表达的权利。",
-    "日本語：すべての人は学ぶ権利がある。",
-    "한국어: 모든 사람은 배울 권리가 있다.",
-    "Emoji: 👩‍🔬 🇫🇷 👍🏽 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 text.",
-]
-
-
-def multiscript_text(lines: int, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    return "".join(rng.choice(MULTISCRIPT_LINES) + "\n" for _ in range(lines))
 
 
 def sizes(text: str) -> tuple[int, int, int]:

@@ -42,12 +42,25 @@ from .runs import (
     train_into,
     train_tiny_run,
 )
-from .texts import REPO, SHARED_DATA, WORDS, numbered_lines, shared_file, udhr_slice, word_text, write_text
+from .texts import (
+    MULTISCRIPT_LINES,
+    REPO,
+    SHARED_DATA,
+    WORDS,
+    multiscript_text,
+    numbered_lines,
+    shared_file,
+    udhr_slice,
+    word_text,
+    write_text,
+)
 
 __all__ = [
-    "CPU", "ERROR_PREFIX", "FORCE_TERMINAL_VARS", "MODEL_DEFAULTS", "REPO", "SAFE", "SHARED_DATA", "TINY",
-    "TINY_BATCH", "TINY_MODEL", "TRAIN_DEFAULTS", "WORDS", "Finished", "assert_user_error", "charlm_command",
-    "child_env", "console_script", "checkpoint_weights", "end_event", "entries", "file_size_limit", "hidden_entries", "invoke", "kinds", "make_corpus", "new_trainer",
-    "numbered_lines", "of_kind", "read_config", "read_events", "resumed_trainer", "run_cli", "same_weights",
-    "shared_file", "snapshot", "train_into", "train_tiny_run", "udhr_slice", "word_text", "write_text",
+    "CPU", "ERROR_PREFIX", "FORCE_TERMINAL_VARS", "MODEL_DEFAULTS", "MULTISCRIPT_LINES", "REPO", "SAFE",
+    "SHARED_DATA", "TINY", "TINY_BATCH", "TINY_MODEL", "TRAIN_DEFAULTS", "WORDS", "assert_user_error",
+    "charlm_command", "checkpoint_weights", "child_env", "console_script", "end_event", "entries",
+    "file_size_limit", "Finished", "hidden_entries", "invoke", "kinds", "make_corpus", "multiscript_text",
+    "new_trainer", "numbered_lines", "of_kind", "read_config", "read_events", "resumed_trainer", "run_cli",
+    "same_weights", "shared_file", "snapshot", "train_into", "train_tiny_run", "udhr_slice", "word_text",
+    "write_text",
 ]  # fmt: skip

@@ -55,6 +55,34 @@ def word_text(chars: int, seed: int = 0, extra: tuple[str, ...] = ()) -> str:
     return "".join(out)[:chars]
 
 
+# Short sentences in many scripts, written for these tests: Latin with diacritics, Greek,
+# Cyrillic, Arabic, Hebrew, Devanagari, Han, kana, Hangul, Thai, emoji (ZWJ sequences, flags,
+# skin tones) and characters outside the BMP: UTF-8 characters of 1, 2, 3 and 4 bytes.
+MULTISCRIPT_LINES = [
+    "English: every person has the right to learn and to speak freely.",
+    "Français : chaque être humain a le droit d'apprendre, même à l'âge mûr.",
+    "Deutsch: Jeder Mensch hat das Recht, frei zu sprechen; Größe zählt nicht.",
+    "Čeština: každý člověk má právo se učit a svobodně mluvit.",
+    "Ελληνικά: κάθε άνθρωπος έχει το δικαίωμα να μαθαίνει.",
+    "Русский: каждый человек имеет право учиться и говорить свободно.",
+    "العربية: لكل إنسان الحق في التعلم والكلام بحرية.",
+    "עברית: לכל אדם יש זכות ללמוד ולדבר בחופשיות.",
+    "हिन्दी: हर व्यक्ति को सीखने और बोलने का अधिकार है।",
+    "中文：人人有学习和自由表达的权利。",
+    "日本語：すべての人は学び、自由に話す権利がある。",
+    "한국어: 모든 사람은 배우고 자유롭게 말할 권리가 있다.",
+    "ไทย: ทุกคนมีสิทธิ์ที่จะเรียนรู้และพูดอย่างเสรี",
+    "Emoji: 👩‍🔬 🇫🇷 👍🏽 🎉 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈 text.",
+]
+
+
+def multiscript_text(lines: int, seed: int = 0) -> str:
+    """`lines` lines drawn from MULTISCRIPT_LINES: the multi-script text that always exists
+    (udhr_slice gives real text of the same kind when the shared corpora are there)."""
+    rng = random.Random(seed)
+    return "".join(rng.choice(MULTISCRIPT_LINES) + "\n" for _ in range(lines))
+
+
 def numbered_lines(lines: int = 120) -> str:
     """'line i: the quick brown fox jumps over the lazy dog.' for i below `lines` (54-56
     characters each): 120 lines are plenty for --batch-size 4 --seq-len 16."""

@@ -69,6 +69,7 @@ def test_mixed_precision_trains_and_keeps_fp32_state(tmp_path, cell, precision):
     assert of_kind(events, "start")[0]["precision"] == precision
 
 
+@pytest.mark.slow
 def test_a_precision_torch_cannot_run_here_is_refused_in_one_line(tmp_path):
     refused = [(c, p) for c in ("lstm", "gru", "rnn-tanh") for p in ("fp16", "bf16") if not runs_here(c, p)]
     if not refused:
@@ -139,6 +140,7 @@ def test_a_rollback_still_happens_when_records_are_read_back_late(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+@pytest.mark.slow
 def test_compile_trains_and_saves_plain_weight_names(tmp_path):
     corpus = write_text(tmp_path / "c.txt", word_text(8000))
     common = [sys.executable, "-m", "charlm", "train", "--data", str(corpus), "--hidden", "32", "--embed", "16",

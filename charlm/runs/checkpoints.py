@@ -119,9 +119,10 @@ def save_checkpoint(
         try:
             save_model(_unwrap(model), str(work / WEIGHTS_FILE), metadata=meta)
             if trainer_state is not None:
-                torch.save(trainer_state, work / STATE_FILE)
+                with open(work / STATE_FILE, "wb") as f:  # through Python's file, so its OSError is kept
+                    torch.save(trainer_state, f)
         except (SafetensorError, RuntimeError) as exc:  # how both writers report a failed write
-            raise OSError(first_line(exc)) from exc
+            raise _as_os_error(exc) from exc
         for item in work.iterdir():
             os.chmod(item, 0o666 & ~UMASK)  # safetensors creates its file private (0600)
             with open(item, "rb") as f:
@@ -221,3 +222,16 @@ def load_trainer_state(root: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CharlmError(f"{path} is not a charlm trainer state (not a dictionary); {fix}")
     return state
+
+
+def _as_os_error(exc: BaseException) -> OSError:
+    """A writer's failure as an OSError, with the errno where one can be found, so a full
+    disk is told apart: torch.save keeps the OSError of the file it wrote to as the
+    context, safetensors names it in its message ("os error 28")."""
+    if isinstance(exc.__context__, OSError):
+        return exc.__context__
+    found = re.search(r"os error (\d+)|code: (\d+)", str(exc))
+    if found:
+        number = int(found.group(1) or found.group(2))
+        return OSError(number, os.strerror(number))
+    return OSError(first_line(exc))

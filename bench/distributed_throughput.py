@@ -49,7 +49,7 @@ def main() -> int:
                    "--log-every", "10", "--eval-every", str(10**9), "--checkpoint-every", str(10**9),
                    "--sample-length", "0", "--precision", args.precision, "--device", "cpu", "--overwrite"]  # fmt: skip
         best: dict[int, float] = {}
-        for round_index in range(args.rounds):
+        for _ in range(args.rounds):
             for count in counts:
                 threads = max(1, args.threads // count)
                 out = Path(tmp) / f"run-{count}"
@@ -65,7 +65,9 @@ def main() -> int:
                 best[count] = max(best.get(count, 0.0), tokens_per_second(out))
 
     rows = []
-    print(f"2x{args.hidden} LSTM, global B={args.batch}, T={args.seq_len}, {args.precision}, {args.threads} cores in all")
+    print(
+        f"2x{args.hidden} LSTM, global B={args.batch}, T={args.seq_len}, {args.precision}, {args.threads} cores in all"
+    )
     print(f"{'processes':>9} {'threads each':>12} {'tok/s':>9} {'vs one':>7}")
     for count in counts:
         threads = max(1, args.threads // count)

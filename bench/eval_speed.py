@@ -65,14 +65,24 @@ def main() -> int:
             score = score_tokens(model, ids, 0, lanes=lanes, precision=precision)
             ours = time.perf_counter() - started
             bare = bare_forward(model, ids, lanes, precision)
-            rows.append({"precision": precision, "lanes": lanes, "tokens": score.tokens,
-                         "charlm_tokens_per_s": round(score.tokens / ours), "bare_tokens_per_s": round(len(ids) / bare),
-                         "overhead": round(ours / bare, 2), "loss": score.loss})
+            rows.append(
+                {
+                    "precision": precision,
+                    "lanes": lanes,
+                    "tokens": score.tokens,
+                    "charlm_tokens_per_s": round(score.tokens / ours),
+                    "bare_tokens_per_s": round(len(ids) / bare),
+                    "overhead": round(ours / bare, 2),
+                    "loss": score.loss,
+                }
+            )
     print(f"2x512 LSTM, {len(ids):,} tokens (vocabulary {vocab}), {args.threads} threads, windows of {DEFAULT_WINDOW}")
     print(f"{'precision':<9} {'lanes':>5} {'charlm tok/s':>13} {'bare forward tok/s':>19} {'time ratio':>10}")
     for r in rows:
-        print(f"{r['precision']:<9} {r['lanes']:>5} {r['charlm_tokens_per_s']:>13,} {r['bare_tokens_per_s']:>19,} "
-              f"{r['overhead']:>9.2f}x")
+        print(
+            f"{r['precision']:<9} {r['lanes']:>5} {r['charlm_tokens_per_s']:>13,} {r['bare_tokens_per_s']:>19,} "
+            f"{r['overhead']:>9.2f}x"
+        )
     if len(precisions) > 1:
         by = {(r["precision"], r["lanes"]): r["loss"] for r in rows}
         drift = max(abs(by[("bf16", n)] - by[("fp32", n)]) for n in (1, 16, 64))

@@ -81,8 +81,11 @@ def main() -> int:
                 "speedup": round(bare / ours, 2),
             }
             rows.append(row)
-            print(f"{batch:>5} {name:<22} {row['bare_tokens_per_s']:>19,.0f} {row['charlm_tokens_per_s']:>13,.0f} "
-                  f"{row['speedup']:>8.2f}x", flush=True)
+            print(
+                f"{batch:>5} {name:<22} {row['bare_tokens_per_s']:>19,.0f} {row['charlm_tokens_per_s']:>13,.0f} "
+                f"{row['speedup']:>8.2f}x",
+                flush=True,
+            )
     common.write_result(args.json, {"threads": args.threads, "tokens": args.tokens, "rows": rows})
     return 0
 

@@ -21,8 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from charlm.config import ModelConfig, TrainConfig
 from charlm.hardware import resolve_precision
-from charlm.text.corpus import prepare_corpus
 from charlm.tasks.language_model import Trainer
+from charlm.text.corpus import prepare_corpus
 
 
 def group_of(name: str) -> str:
@@ -69,20 +69,32 @@ def main() -> int:
     for e in events:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.self_cpu_time_total
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]
-    shape = (f"{model_config.layers}x{model_config.hidden} {model_config.cell}, embed {model_config.embed}, "
-             f"B={train_config.batch_size}, T={train_config.seq_len}, {precision}, {args.threads} threads")
+    shape = (
+        f"{model_config.layers}x{model_config.hidden} {model_config.cell}, embed {model_config.embed}, "
+        f"B={train_config.batch_size}, T={train_config.seq_len}, {precision}, {args.threads} threads"
+    )
     print(f"profile of {args.steps} Trainer steps (and the closing checkpoint): {shape}")
     print(f"{'group':<26} {'share':>6}")
     for name, spent in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"{name:<26} {spent / whole:>6.1%}")
     print(f"\n{'operator':<48} {'calls':>7} {'self ms':>9} {'share':>6}")
     for e in top:
-        print(f"{e.key[:48]:<48} {e.count:>7} {e.self_cpu_time_total / 1000:>9.1f} {e.self_cpu_time_total / whole:>6.1%}")
+        print(
+            f"{e.key[:48]:<48} {e.count:>7} {e.self_cpu_time_total / 1000:>9.1f} {e.self_cpu_time_total / whole:>6.1%}"
+        )
     result = {
-        "shape": shape, "steps": args.steps,
+        "shape": shape,
+        "steps": args.steps,
         "groups": {k: round(v / whole, 4) for k, v in groups.items()},
-        "top": [{"op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1000, 2),
-                 "share": round(e.self_cpu_time_total / whole, 4)} for e in top],
+        "top": [
+            {
+                "op": e.key,
+                "calls": e.count,
+                "self_ms": round(e.self_cpu_time_total / 1000, 2),
+                "share": round(e.self_cpu_time_total / whole, 4),
+            }
+            for e in top
+        ],
     }
     common.write_result(args.json, result)
     return 0

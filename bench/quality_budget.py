@@ -42,8 +42,23 @@ TARGETS = {300: 1.47, 600: 1.40}  # issue #5: below these, nats/char
 def run_charlm(data: str, budget: float, threads: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        command = [sys.executable, "-m", "charlm", "train", "--data", data, "--out", str(out),
-                   "--threads", str(threads), "--max-time", str(budget), "--sample-length", "0", *extra]
+        command = [
+            sys.executable,
+            "-m",
+            "charlm",
+            "train",
+            "--data",
+            data,
+            "--out",
+            str(out),
+            "--threads",
+            str(threads),
+            "--max-time",
+            str(budget),
+            "--sample-length",
+            "0",
+            *extra,
+        ]
         started = time.perf_counter()
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=os.environ.copy())
         wall = time.perf_counter() - started
@@ -115,16 +130,20 @@ def run_baseline(corpus, budget: float, precision: str) -> dict:
         position += T
         step += 1
     score = score_tokens(model, corpus.splits["val"], context_token_id(corpus.tokenizer), 16, 256, device, "fp32")
-    return {"steps": step, "tokens": step * B * T, "elapsed_s": round(time.perf_counter() - started, 1),
-            "val_loss": score.loss, "precision": precision,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "steps": step,
+        "tokens": step * B * T,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "val_loss": score.loss,
+        "precision": precision,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def main() -> int:
     parser = common.parser(__doc__, "quality_budget")
     parser.add_argument("--budgets", default="120,300,600", help="seconds, comma-separated")
-    parser.add_argument("--baseline-budgets", default="300",
-                        help="budgets for the bare-PyTorch baseline (empty: none)")
+    parser.add_argument("--baseline-budgets", default="300", help="budgets for the bare-PyTorch baseline (empty: none)")
     parser.add_argument("extra", nargs="*", help="more `charlm train` options (after --), for tuning trials")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,16 +156,21 @@ def main() -> int:
 
     rows, baselines = [], []
     print(f"tiny Shakespeare, last 10% as validation, {args.threads} threads; extra options: {args.extra or 'none'}")
-    print(f"{'who':<9} {'budget':>7} {'params':>10} {'steps':>7} {'tokens':>11} {'val nats':>9} {'val bpc':>8} "
-          f"{'target':>7}")
+    print(
+        f"{'who':<9} {'budget':>7} {'params':>10} {'steps':>7} {'tokens':>11} {'val nats':>9} {'val bpc':>8} "
+        f"{'target':>7}"
+    )
     for budget in budgets:
         row = run_charlm(str(SHAKESPEARE), budget, args.threads, args.extra)
         row["budget_s"] = budget
         row["target"] = TARGETS.get(int(budget))
         rows.append(row)
         target = f"<{row['target']}" if row["target"] else ""
-        print(f"{'charlm':<9} {budget:>6.0f}s {row['parameters']:>10,} {row['steps']:>7,} {row['tokens']:>11,} "
-              f"{row['val_loss']:>9.4f} {row['val_bpc']:>8.4f} {target:>7}", flush=True)
+        print(
+            f"{'charlm':<9} {budget:>6.0f}s {row['parameters']:>10,} {row['steps']:>7,} {row['tokens']:>11,} "
+            f"{row['val_loss']:>9.4f} {row['val_bpc']:>8.4f} {target:>7}",
+            flush=True,
+        )
     if baseline_budgets:
         with tempfile.TemporaryDirectory() as tmp:
             corpus = prepare_corpus(str(SHAKESPEARE), cache_root=Path(tmp), threads=args.threads)
@@ -155,9 +179,11 @@ def main() -> int:
                 row = run_baseline(corpus, budget, precision)
                 row["budget_s"] = budget
                 baselines.append(row)
-                print(f"{'baseline':<9} {budget:>6.0f}s {row['parameters']:>10,} {row['steps']:>7,} "
-                      f"{row['tokens']:>11,} {row['val_loss']:>9.4f} {row['val_loss'] / math.log(2):>8.4f}",
-                      flush=True)
+                print(
+                    f"{'baseline':<9} {budget:>6.0f}s {row['parameters']:>10,} {row['steps']:>7,} "
+                    f"{row['tokens']:>11,} {row['val_loss']:>9.4f} {row['val_loss'] / math.log(2):>8.4f}",
+                    flush=True,
+                )
 
     result = {"threads": args.threads, "extra": args.extra, "charlm": rows, "baseline": baselines}
     common.write_result(args.json, result)

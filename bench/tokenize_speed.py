@@ -69,19 +69,27 @@ def encode_speeds(megabytes: int, threads: int) -> list[dict]:
     chunks = list(newline_chunks(text[i : i + block] for i in range(0, len(text), block)))
     raw_blocks = [raw[i : i + block] for i in range(0, nbytes, block)]
 
-    rows = [{"what": "UTF-8 decode (baseline)", "mb_per_s": best_rate(lambda: [b.decode("utf-8", "replace")
-                                                                              for b in raw_blocks], nbytes)}]
+    rows = [
+        {
+            "what": "UTF-8 decode (baseline)",
+            "mb_per_s": best_rate(lambda: [b.decode("utf-8", "replace") for b in raw_blocks], nbytes),
+        }
+    ]
     for kind in ("char", "byte", "sentencepiece"):
         started = time.perf_counter()
         tok = build_tokenizer(kind, lambda: iter(chunks), vocab_size=2000, threads=threads)
         fit_s = time.perf_counter() - started
         repeats = 1 if kind == "sentencepiece" else 3
-        rate = best_rate(lambda: [tok.encode(c) for c in chunks], nbytes, repeats)
+        rate = best_rate(lambda tok=tok: [tok.encode(c) for c in chunks], nbytes, repeats)
         rows.append({"what": f"charlm {kind}", "mb_per_s": rate, "fit_s": round(fit_s, 2)})
         if kind == "sentencepiece":
             sp = tok._sp  # the library itself, same model, same chunks, no exact round-trip handling
-            rows.append({"what": "sentencepiece library encode (baseline)",
-                         "mb_per_s": best_rate(lambda: [sp.encode(c) for c in chunks], nbytes, 1)})
+            rows.append(
+                {
+                    "what": "sentencepiece library encode (baseline)",
+                    "mb_per_s": best_rate(lambda sp=sp: [sp.encode(c) for c in chunks], nbytes, 1),
+                }
+            )
     floor = rows[0]["mb_per_s"]
     for row in rows:
         row["mb_per_s"] = round(row["mb_per_s"], 1)
@@ -115,8 +123,12 @@ def watch(command: list[str], env: dict, metrics: Path) -> dict:
             if event["event"] == "train":
                 first_step = round(event["time"] - launched, 2)
                 break
-    return {"seconds_to_first_step": first_step, "wall_s": round(time.time() - launched, 1),
-            "peak_rss_mib": hwm // 1024, "peak_anon_mib": anon // 1024}
+    return {
+        "seconds_to_first_step": first_step,
+        "wall_s": round(time.time() - launched, 1),
+        "peak_rss_mib": hwm // 1024,
+        "peak_anon_mib": anon // 1024,
+    }
 
 
 def big_corpus_runs(megabytes: int, steps: int, threads: int) -> tuple[int, list[dict]]:
@@ -128,8 +140,22 @@ def big_corpus_runs(megabytes: int, steps: int, threads: int) -> tuple[int, list
         floor = watch([sys.executable, "-c", "import charlm.cli, time; time.sleep(0.5)"], env, Path(tmp) / "none")
         rows.append({"run": "import charlm only", **floor})
         # a tiny validation split: scoring 10% of 200 MB would dwarf the training measured here
-        common = ["--data", str(corpus), "--val-fraction", "0.001", "--log-every", "1", "--eval-every", "1000000",
-                  "--checkpoint-every", "1000000", "--sample-length", "0", "--threads", str(threads)]
+        common = [
+            "--data",
+            str(corpus),
+            "--val-fraction",
+            "0.001",
+            "--log-every",
+            "1",
+            "--eval-every",
+            "1000000",
+            "--checkpoint-every",
+            "1000000",
+            "--sample-length",
+            "0",
+            "--threads",
+            str(threads),
+        ]
         for label, limit in (("cold: prepare + 1 step", 1), (f"cached: {steps} steps", steps)):
             out = Path(tmp) / f"run-{limit}"
             command = [sys.executable, "-m", "charlm", "train", *common, "--max-steps", str(limit), "--out", str(out)]
@@ -158,11 +184,17 @@ def main() -> int:
     print(f"{'run':<26} {'to first step s':>16} {'wall s':>7} {'peak RSS MiB':>13} {'peak anon MiB':>14}")
     for row in runs:
         first = "" if row["seconds_to_first_step"] is None else f"{row['seconds_to_first_step']:.1f}"
-        print(f"{row['run']:<26} {first:>16} {row['wall_s']:>7.1f} {row['peak_rss_mib']:>13,} "
-              f"{row['peak_anon_mib']:>14,}")
+        print(
+            f"{row['run']:<26} {first:>16} {row['wall_s']:>7.1f} {row['peak_rss_mib']:>13,} {row['peak_anon_mib']:>14,}"
+        )
 
-    result = {"threads": args.threads, "encode_megabytes": args.encode_megabytes, "encode": encode,
-              "train_corpus_bytes": size, "train_runs": runs}
+    result = {
+        "threads": args.threads,
+        "encode_megabytes": args.encode_megabytes,
+        "encode": encode,
+        "train_corpus_bytes": size,
+        "train_runs": runs,
+    }
     common.write_result(args.json, result)
     return 0
 

@@ -30,8 +30,8 @@ from torch import nn
 
 from charlm.config import ModelConfig, TrainConfig
 from charlm.hardware import autocast, cpu_supports_bf16
-from charlm.text.corpus import prepare_corpus
 from charlm.tasks.language_model import Trainer
+from charlm.text.corpus import prepare_corpus
 
 
 def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
@@ -59,8 +59,18 @@ class BareLM(nn.Module):
         return self.head(out), state
 
 
-def bare_round(tokens: torch.Tensor, cell: str, vocab: int, size: int, layers: int, precision: str,
-               batch: int, seq_len: int, warmup: int, steps: int) -> float:
+def bare_round(
+    tokens: torch.Tensor,
+    cell: str,
+    vocab: int,
+    size: int,
+    layers: int,
+    precision: str,
+    batch: int,
+    seq_len: int,
+    warmup: int,
+    steps: int,
+) -> float:
     """Tokens per second of the bare loop over `steps` windows after `warmup` untimed ones."""
     torch.manual_seed(0)
     model = BareLM(cell, vocab, size, size, layers)
@@ -85,8 +95,9 @@ def bare_round(tokens: torch.Tensor, cell: str, vocab: int, size: int, layers: i
     return steps * batch * seq_len / (time.perf_counter() - started)
 
 
-def charlm_round(corpus, cell: str, size: int, layers: int, precision: str, batch: int, seq_len: int,
-                 warmup: int, steps: int) -> float:
+def charlm_round(
+    corpus, cell: str, size: int, layers: int, precision: str, batch: int, seq_len: int, warmup: int, steps: int
+) -> float:
     """Tokens per second of charlm's Trainer between the end of step `warmup` and of the last step."""
     marks: dict[int, float] = {}
 
@@ -96,10 +107,20 @@ def charlm_round(corpus, cell: str, size: int, layers: int, precision: str, batc
 
     # the bare model has no dropout, so neither does this one (the recommended 0.1 is not free)
     # the bare model has no dropout, so neither does this one (the recommended 0.1 has a cost)
-    model_config = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, cell=cell, layers=layers, hidden=size,
-                               embed=size, dropout=0.0)
-    train_config = TrainConfig(batch_size=batch, seq_len=seq_len, max_steps=warmup + steps, precision=precision,
-                               device="cpu", log_every=1, eval_every=10**9, checkpoint_every=10**9, seed=0)
+    model_config = ModelConfig(
+        vocab_size=corpus.tokenizer.vocab_size, cell=cell, layers=layers, hidden=size, embed=size, dropout=0.0
+    )
+    train_config = TrainConfig(
+        batch_size=batch,
+        seq_len=seq_len,
+        max_steps=warmup + steps,
+        precision=precision,
+        device="cpu",
+        log_every=1,
+        eval_every=10**9,
+        checkpoint_every=10**9,
+        seed=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run = common.new_run(Path(tmp) / "run", corpus, model_config, train_config)
         Trainer(model_config, train_config, corpus, run, torch.device("cpu"), precision, on_event=on_event).run()
@@ -131,10 +152,14 @@ def main() -> int:
         vocab = corpus.tokenizer.vocab_size
 
         rows = []
-        print(f"matmul peak 512x512 @ 512x2048: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
-              f"B={args.batch}, T={args.seq_len}, {args.threads} threads")
-        header = (f"{'cell':<5} {'size':>6} {'prec':<5} {'bare tok/s':>11} {'charlm tok/s':>13} {'ratio':>6} "
-                  f"{'GFLOP/s':>8} {'of peak':>8}")
+        print(
+            f"matmul peak 512x512 @ 512x2048: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
+            f"B={args.batch}, T={args.seq_len}, {args.threads} threads"
+        )
+        header = (
+            f"{'cell':<5} {'size':>6} {'prec':<5} {'bare tok/s':>11} {'charlm tok/s':>13} {'ratio':>6} "
+            f"{'GFLOP/s':>8} {'of peak':>8}"
+        )
         print(header)
         for cell in args.cells.split(","):
             for size in (int(s) for s in args.sizes.split(",")):
@@ -147,26 +172,58 @@ def main() -> int:
                     warmup = 2
                     bare, ours = [], []
                     for _ in range(args.rounds):
-                        bare.append(bare_round(tokens, cell, vocab, size, args.layers, precision, args.batch,
-                                               args.seq_len, warmup, steps))
-                        ours.append(charlm_round(corpus, cell, size, args.layers, precision, args.batch,
-                                                 args.seq_len, warmup, steps))
+                        bare.append(
+                            bare_round(
+                                tokens,
+                                cell,
+                                vocab,
+                                size,
+                                args.layers,
+                                precision,
+                                args.batch,
+                                args.seq_len,
+                                warmup,
+                                steps,
+                            )
+                        )
+                        ours.append(
+                            charlm_round(
+                                corpus, cell, size, args.layers, precision, args.batch, args.seq_len, warmup, steps
+                            )
+                        )
                     best_bare, best_ours = max(bare), max(ours)
                     gflops = best_ours * flops_per_token / 1e9
                     row = {
-                        "cell": cell, "layers": args.layers, "size": size, "precision": precision,
-                        "batch": args.batch, "seq_len": args.seq_len, "steps_per_round": steps,
-                        "bare_tokens_per_s": round(best_bare, 1), "charlm_tokens_per_s": round(best_ours, 1),
-                        "ratio": round(best_ours / best_bare, 4), "bare_rounds": [round(v, 1) for v in bare],
-                        "charlm_rounds": [round(v, 1) for v in ours], "gflops": round(gflops, 1),
+                        "cell": cell,
+                        "layers": args.layers,
+                        "size": size,
+                        "precision": precision,
+                        "batch": args.batch,
+                        "seq_len": args.seq_len,
+                        "steps_per_round": steps,
+                        "bare_tokens_per_s": round(best_bare, 1),
+                        "charlm_tokens_per_s": round(best_ours, 1),
+                        "ratio": round(best_ours / best_bare, 4),
+                        "bare_rounds": [round(v, 1) for v in bare],
+                        "charlm_rounds": [round(v, 1) for v in ours],
+                        "gflops": round(gflops, 1),
                         "fraction_of_peak": round(gflops / peaks[precision], 3),
                     }
                     rows.append(row)
-                    print(f"{cell:<5} {args.layers}x{size:<4} {precision:<5} {best_bare:>11,.0f} {best_ours:>13,.0f} "
-                          f"{row['ratio']:>5.3f}x {gflops:>8.0f} {row['fraction_of_peak']:>8.0%}", flush=True)
+                    print(
+                        f"{cell:<5} {args.layers}x{size:<4} {precision:<5} {best_bare:>11,.0f} {best_ours:>13,.0f} "
+                        f"{row['ratio']:>5.3f}x {gflops:>8.0f} {row['fraction_of_peak']:>8.0%}",
+                        flush=True,
+                    )
 
-    result = {"threads": args.threads, "batch": args.batch, "seq_len": args.seq_len, "rounds": args.rounds,
-              "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}, "rows": rows}
+    result = {
+        "threads": args.threads,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "rounds": args.rounds,
+        "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
+        "rows": rows,
+    }
     common.write_result(args.json, result)
     return 0
 

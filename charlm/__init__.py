@@ -12,37 +12,50 @@ except _metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never ins
 
 from charlm.config import ModelConfig, ModelShape, RunConfig, SampleConfig, TrainConfig  # noqa: E402
 from charlm.errors import CharlmError, OptionError  # noqa: E402
-from charlm.inference.generate import Generator  # noqa: E402
+from charlm.inference.generate import Generation, Generator, SampleResult  # noqa: E402
+from charlm.inference.scorer import Scorer  # noqa: E402
 from charlm.inference.scoring import Score, score_sequences, score_tokens  # noqa: E402
 from charlm.models.rnnlm import RNNLM  # noqa: E402
 from charlm.runs.directory import RunDirectory  # noqa: E402
-from charlm.tasks.language_model import Trainer, TrainResult  # noqa: E402
+from charlm.runs.open import OpenRun, open_run  # noqa: E402
+from charlm.tasks.language_model import LanguageModelTask, Trainer  # noqa: E402
 from charlm.tasks.lm_run import LanguageModelRun  # noqa: E402
 from charlm.text.corpus import PreparedCorpus, prepare_corpus  # noqa: E402
 from charlm.text.sentencepiece import SentencePieceTokenizer  # noqa: E402
 from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer  # noqa: E402
+from charlm.training.engine import Engine  # noqa: E402
+from charlm.training.loop import TrainResult  # noqa: E402
+from charlm.training.task import Task  # noqa: E402
 
 __all__ = [
     "__version__",
     "ByteTokenizer",
     "CharTokenizer",
     "CharlmError",
+    "Engine",
+    "Generation",
     "Generator",
     "LanguageModelRun",
+    "LanguageModelTask",
     "ModelConfig",
     "ModelShape",
+    "OpenRun",
     "OptionError",
     "PreparedCorpus",
     "RNNLM",
     "RunConfig",
     "RunDirectory",
     "SampleConfig",
+    "SampleResult",
     "Score",
+    "Scorer",
     "SentencePieceTokenizer",
+    "Task",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "load_tokenizer",
+    "open_run",
     "prepare_corpus",
     "score_sequences",
     "score_tokens",

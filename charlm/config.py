@@ -56,8 +56,7 @@ def _from_dict(cls, data: dict[str, Any], what: str):
     unknown = sorted(set(data) - known)
     if unknown:
         raise CharlmError(
-            f"{what} has unknown field(s) {', '.join(unknown)}; "
-            "it was written by a newer or different charlm"
+            f"{what} has unknown field(s) {', '.join(unknown)}; it was written by a newer or different charlm"
         )
     obj = cls(**data)
     obj.validate()
@@ -188,7 +187,9 @@ class TrainConfig(_Options):
         )
         check(self.tokenizer in TOKENIZERS, "tokenizer", f"must be one of {', '.join(TOKENIZERS)}")
         check(self.spm_model_type in SPM_MODEL_TYPES, "spm_model_type", f"must be one of {', '.join(SPM_MODEL_TYPES)}")
-        check(self.encoding_errors in ENCODING_ERRORS, "encoding_errors", f"must be one of {', '.join(ENCODING_ERRORS)}")
+        check(
+            self.encoding_errors in ENCODING_ERRORS, "encoding_errors", f"must be one of {', '.join(ENCODING_ERRORS)}"
+        )
         if self.tokenizer == "sentencepiece":
             check(
                 self.vocab_size > 260,
@@ -228,11 +229,19 @@ class TrainConfig(_Options):
             "checkpoint_seconds",
             f"must be a positive time (got {self.checkpoint_seconds} s)",
         )
-        check(self.on_divergence in DIVERGENCE_ACTIONS, "on_divergence", f"must be one of {', '.join(DIVERGENCE_ACTIONS)}")
-        check(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", f"must be 0 (off) or above 1 (got {self.spike_factor})")
+        check(
+            self.on_divergence in DIVERGENCE_ACTIONS, "on_divergence", f"must be one of {', '.join(DIVERGENCE_ACTIONS)}"
+        )
+        check(
+            self.spike_factor == 0 or self.spike_factor > 1,
+            "spike_factor",
+            f"must be 0 (off) or above 1 (got {self.spike_factor})",
+        )
         check(self.skip_limit >= 1, "skip_limit", f"must be at least 1 (got {self.skip_limit})")
         check(self.max_rollbacks >= 0, "max_rollbacks", f"must be 0 or more (got {self.max_rollbacks})")
-        check(0 < self.rollback_lr_factor <= 1, "rollback_lr_factor", f"must be in (0, 1] (got {self.rollback_lr_factor})")
+        check(
+            0 < self.rollback_lr_factor <= 1, "rollback_lr_factor", f"must be in (0, 1] (got {self.rollback_lr_factor})"
+        )
         check(self.sample_length >= 0, "sample_length", f"must be 0 or more (got {self.sample_length})")
 
     def stop_limits(self) -> tuple[Optional[int], Optional[float], Optional[float]]:
@@ -240,7 +249,6 @@ class TrainConfig(_Options):
         if self.max_steps is None and self.max_time is None and self.epochs is None:
             return None, DEFAULT_MAX_TIME_S, None
         return self.max_steps, self.max_time, self.epochs
-
 
 
 @dataclass
@@ -259,10 +267,7 @@ class SampleConfig(_Options):
             f"must be 0 (greedy) or a finite positive number (got {self.temperature})",
         )
         check(self.top_k is None or self.top_k >= 1, "top_k", f"must be at least 1 (got {self.top_k})")
-        check(
-            self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})"
-        )
-
+        check(self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1] (got {self.top_p})")
 
 
 @dataclass

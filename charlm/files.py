@@ -90,6 +90,7 @@ def atomic_write_with(target: PathLike, writer: Callable[[Path], None]) -> None:
     with atomic_path(target) as tmp:
         writer(tmp)
 
+
 KIB, MIB = 1 << 10, 1 << 20
 # config.json is a few KB; tokenizer.json for a char vocabulary of every Unicode code point is
 # about 9 MB; a SentencePiece model of a million pieces is about 20 MB.

@@ -61,7 +61,8 @@ def check_precision_runs(cell: str, device: torch.device, precision: str) -> Non
     except RuntimeError:
         other = "bf16 or fp32" if precision == "fp16" else "fp32"
         raise OptionError(
-            "precision", f"{precision}: torch cannot run a {cell} cell in {precision} on this CPU; use --precision {other}"
+            "precision",
+            f"{precision}: torch cannot run a {cell} cell in {precision} on this CPU; use --precision {other}",
         ) from None
 
 

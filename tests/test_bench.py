@@ -21,21 +21,50 @@ pytestmark = pytest.mark.slow  # each test runs a benchmark script, most of them
 def run_bench(script: str, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / f"{script}.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / f"{script}.py"), *args, "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / f"{script}.py"), *args, "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {out}" in proc.stdout  # the table was printed before the JSON was written
     return json.loads(out.read_text())
 
 
 def test_train_throughput_compares_trainer_with_bare_loop(tmp_path):
-    result = run_bench("train_throughput", tmp_path, "--threads", "1", "--sizes", "16", "--cells", "lstm,gru",
-                       "--precisions", "fp32", "--batch", "4", "--seq-len", "8", "--rounds", "1", "--seconds", "0.2")
-    assert [(r["cell"], r["size"], r["precision"]) for r in result["rows"]] == [("lstm", 16, "fp32"), ("gru", 16, "fp32")]
+    result = run_bench(
+        "train_throughput",
+        tmp_path,
+        "--threads",
+        "1",
+        "--sizes",
+        "16",
+        "--cells",
+        "lstm,gru",
+        "--precisions",
+        "fp32",
+        "--batch",
+        "4",
+        "--seq-len",
+        "8",
+        "--rounds",
+        "1",
+        "--seconds",
+        "0.2",
+    )
+    assert [(r["cell"], r["size"], r["precision"]) for r in result["rows"]] == [
+        ("lstm", 16, "fp32"),
+        ("gru", 16, "fp32"),
+    ]
     for row in result["rows"]:
         assert row["bare_tokens_per_s"] > 0 and row["charlm_tokens_per_s"] > 0
         assert row["ratio"] == pytest.approx(row["charlm_tokens_per_s"] / row["bare_tokens_per_s"], rel=1e-3)
-        assert 0 < row["fraction_of_peak"] == pytest.approx(row["gflops"] / result["matmul_peak_gflops"]["fp32"], abs=2e-3)
+        assert (
+            0 < row["fraction_of_peak"] == pytest.approx(row["gflops"] / result["matmul_peak_gflops"]["fp32"], abs=2e-3)
+        )
     assert result["matmul_peak_gflops"]["fp32"] > 0
 
 
@@ -54,8 +83,18 @@ def test_eval_speed_scores_the_same_tokens_both_ways(tmp_path):
 
 
 def test_tokenize_speed_measures_encoding_and_a_big_corpus_run(tmp_path):
-    result = run_bench("tokenize_speed", tmp_path, "--threads", "1", "--encode-megabytes", "1",
-                       "--train-megabytes", "1", "--train-steps", "2")
+    result = run_bench(
+        "tokenize_speed",
+        tmp_path,
+        "--threads",
+        "1",
+        "--encode-megabytes",
+        "1",
+        "--train-megabytes",
+        "1",
+        "--train-steps",
+        "2",
+    )
     names = [r["what"] for r in result["encode"]]
     assert names[0].startswith("UTF-8 decode") and {"charlm char", "charlm byte", "charlm sentencepiece"} <= set(names)
     assert all(r["mb_per_s"] > 0 for r in result["encode"])
@@ -82,8 +121,24 @@ def test_profile_train_attributes_the_step_time(tmp_path):
 
 
 def test_distributed_throughput_compares_torchrun_processes_with_one(tmp_path):
-    result = run_bench("distributed_throughput", tmp_path, "--threads", "2", "--processes", "2", "--hidden", "16",
-                       "--batch", "4", "--seq-len", "8", "--steps", "30", "--rounds", "1")
+    result = run_bench(
+        "distributed_throughput",
+        tmp_path,
+        "--threads",
+        "2",
+        "--processes",
+        "2",
+        "--hidden",
+        "16",
+        "--batch",
+        "4",
+        "--seq-len",
+        "8",
+        "--steps",
+        "30",
+        "--rounds",
+        "1",
+    )
     rows = result["rows"]
     assert [(r["processes"], r["threads_per_process"]) for r in rows] == [(1, 2), (2, 1)]
     assert rows[0]["ratio_to_one_process"] == 1.0

@@ -27,8 +27,8 @@ from charlm.config import ModelConfig, RunConfig, TrainConfig
 from charlm.errors import CharlmError
 from charlm.models.rnnlm import RNNLM
 from charlm.runs.directory import BEST, CONFIG_FILE, LAST, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, RunDirectory
-from charlm.text.tokenizer import TOKENIZER_FILE, CharTokenizer
 from charlm.tasks.language_model import Trainer
+from charlm.text.tokenizer import TOKENIZER_FILE, CharTokenizer
 
 V = 13
 
@@ -476,8 +476,17 @@ def test_run_config_round_trip_through_json(tmp_path):
     original = RunConfig(
         model=model_config(cell="rnn", layers=3, hidden=40, embed=20, dropout=0.25, tie_weights=True),
         train=TrainConfig(
-            data="corpus.txt", val_fraction=0.05, batch_size=8, seq_len=32, lr=2e-3, max_time=12.5,
-            epochs=None, max_steps=100, random_offset=False, threads=2, seed=7,
+            data="corpus.txt",
+            val_fraction=0.05,
+            batch_size=8,
+            seq_len=32,
+            lr=2e-3,
+            max_time=12.5,
+            epochs=None,
+            max_steps=100,
+            random_offset=False,
+            threads=2,
+            seed=7,
         ),
         tokenizer_kind="char",
         charlm_version="9.9.9",

@@ -227,7 +227,7 @@ def test_resume_continues_to_a_higher_max_steps(small_corpus, tmp_path):
     events = read_events(out)
     resumes = [e for e in events if e["event"] == "resume"]
     assert len(resumes) == 1 and resumes[0]["step"] == 20
-    after = events[events.index(resumes[0]):]
+    after = events[events.index(resumes[0]) :]
     assert after[-1]["event"] == "end" and after[-1]["step"] == 40 and after[-1]["reason"] == "max_steps"
     assert [e["step"] for e in after if e["event"] == "eval"] == [30, 40]
     assert [e["step"] for e in events if e["event"] == "end"] == [20, 40]

@@ -113,7 +113,9 @@ def test_train_config_checks_each_field(field, bad, good, base, problem):
 def test_checkpoint_seconds_must_be_a_positive_time():
     TrainConfig(checkpoint_seconds=None).validate()  # steps only
     # named as the field, or as the --checkpoint-every flag that sets it
-    with pytest.raises(CharlmError, match=r"^(--)?checkpoint[_-](every|seconds) must be a positive time \(got -5.0 s\)"):
+    with pytest.raises(
+        CharlmError, match=r"^(--)?checkpoint[_-](every|seconds) must be a positive time \(got -5.0 s\)"
+    ):
         TrainConfig(checkpoint_seconds=-5.0).validate()
 
 

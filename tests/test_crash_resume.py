@@ -291,7 +291,9 @@ def test_a_first_checkpoint_the_disk_refuses_says_to_start_again(setting, tmp_pa
     full = run(train_args(corpus, out), env, tmp_path, preexec_fn=file_size_limit(weights_size // 2))
     assert full.returncode == 1
     error = assert_user_error(full, alone=False)
-    assert "no space left to write the checkpoint at step 0" in error and "start the run again with --overwrite" in error
+    assert (
+        "no space left to write the checkpoint at step 0" in error and "start the run again with --overwrite" in error
+    )
     assert assert_loadable(out) is None
     assert hidden_entries(out) == []
 

@@ -32,7 +32,11 @@ def _readme_row(option_cell: str) -> list[str]:
 def test_readme_states_the_defaults_the_code_uses():
     model, train = ModelConfig(vocab_size=65), TrainConfig()
     assert _readme_row("`--cell`, `--layers`, `--hidden`, `--embed`") == [
-        f"`{model.cell}`", str(model.layers), str(model.hidden), str(model.embed)]
+        f"`{model.cell}`",
+        str(model.layers),
+        str(model.hidden),
+        str(model.embed),
+    ]
     dropout, tie = _readme_row("`--dropout`, `--tie-weights`")
     assert dropout == _number(model.dropout) and tie == ("on" if model.tie_weights else "off")
     assert _readme_row("`--batch-size`, `--seq-len`") == [str(train.batch_size), str(train.seq_len)]
@@ -57,7 +61,10 @@ def test_a_run_without_model_or_batch_options_records_the_recommended_settings(t
     assert config["model"] == expected_model
     for name in ("batch_size", "seq_len", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip"):
         assert config["train"][name] == getattr(TrainConfig(), name), name
-    start = next(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-                 if json.loads(line)["event"] == "start")
+    start = next(
+        json.loads(line)
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] == "start"
+    )
     assert start["precision"] == resolve_precision("auto", torch.device("cpu"))
     assert start["parameters"] == sum(p.numel() for p in RNNLM(ModelConfig(**expected_model)).parameters())

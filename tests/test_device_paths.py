@@ -1,14 +1,14 @@
 """The GPU-minded code paths, exercised on the CPU: mixed precision, the sync-free step, compile.
 
-  * bf16 and fp16 autocast train for real where torch runs them on this CPU (a one-step probe
-    decides, as the CLI's does); the carried state, the weights and AdamW's moments stay
-    fp32 across steps; fp16 goes through the GradScaler, whose state is checkpointed.
-  * A cell torch cannot run in a precision here is refused with one line, before training.
-  * A bad step is skipped on the device: fused AdamW's found_inf leaves weights, moments and
-    the step count bit for bit, with no host read in between.
-  * Reading the guard's records back every k steps (what a GPU does) trains exactly like
-    reading them every step (what the CPU does), bad steps included; rollbacks still happen.
-  * --compile trains and saves weights under their plain names.
+* bf16 and fp16 autocast train for real where torch runs them on this CPU (a one-step probe
+  decides, as the CLI's does); the carried state, the weights and AdamW's moments stay
+  fp32 across steps; fp16 goes through the GradScaler, whose state is checkpointed.
+* A cell torch cannot run in a precision here is refused with one line, before training.
+* A bad step is skipped on the device: fused AdamW's found_inf leaves weights, moments and
+  the step count bit for bit, with no host read in between.
+* Reading the guard's records back every k steps (what a GPU does) trains exactly like
+  reading them every step (what the CPU does), bad steps included; rollbacks still happen.
+* --compile trains and saves weights under their plain names.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def runs_here(cell: str, precision: str) -> bool:
 )
 def test_mixed_precision_trains_and_keeps_fp32_state(tmp_path, cell, precision):
     if not runs_here(cell, precision):
-        pytest.skip(f"torch {torch.__version__} cannot run a {cell} cell in {precision} on this CPU (refusal tested below)")
+        pytest.skip(
+            f"torch {torch.__version__} cannot run a {cell} cell in {precision} on this CPU (refusal tested below)"
+        )
     corpus = make_corpus(tmp_path, word_text(6000))
     events: list = []
     trainer = new_trainer(tmp_path / "run", corpus, model=dict(cell=cell, layers=2), precision=precision,
@@ -92,7 +94,9 @@ def test_a_bad_step_is_skipped_on_the_device_without_touching_weights_or_moments
     corpus = make_corpus(tmp_path, word_text(3000))
     constant = dict(min_lr_ratio=1.0, warmup_steps=1)
     two = new_trainer(tmp_path / "two", corpus, train=dict(max_steps=2, **constant))
-    assert two.optimizer.defaults.get("fused"), "this torch has fused AdamW on the CPU: the device-side skip is what runs on a GPU"
+    assert two.optimizer.defaults.get("fused"), (
+        "this torch has fused AdamW on the CPU: the device-side skip is what runs on a GPU"
+    )
     two.run()
     events: list = []
     three = new_trainer(tmp_path / "three", corpus, train=dict(max_steps=3, **constant), events=events,
@@ -124,7 +128,9 @@ def _without_timing(events: list[dict]) -> list[dict]:
 
 def test_reading_records_back_every_k_steps_trains_exactly_like_every_step(tmp_path):
     corpus = make_corpus(tmp_path, word_text(6000))
-    every, batched = (_train_with(tmp_path, name, corpus, k, "nan-loss@12,nan-loss@33") for name, k in (("one", 1), ("k", 7)))
+    every, batched = (
+        _train_with(tmp_path, name, corpus, k, "nan-loss@12,nan-loss@33") for name, k in (("one", 1), ("k", 7))
+    )
     assert same_weights(every[0].model, batched[0].model)
     assert every[0].skipped_steps == batched[0].skipped_steps == 2
     assert _without_timing(every[1]) == _without_timing(batched[1])
@@ -147,7 +153,9 @@ def test_compile_trains_and_saves_plain_weight_names(tmp_path):
               "--batch-size", "4", "--seq-len", "16", "--threads", "1", "--precision", "fp32", "--dropout", "0",
               "--max-steps", "10", "--log-every", "10", "--sample-length", "20", "--device", "cpu"]  # fmt: skip
     env = child_env(tmp_path / "data")
-    eager = subprocess.run(common + ["--out", str(tmp_path / "eager")], env=env, capture_output=True, text=True, timeout=300)
+    eager = subprocess.run(
+        common + ["--out", str(tmp_path / "eager")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert eager.returncode == 0, eager.stderr
     compiled = subprocess.run(common + ["--out", str(tmp_path / "compiled"), "--compile"], env=env,
                               capture_output=True, text=True, timeout=600)  # fmt: skip

@@ -62,7 +62,9 @@ def single(*args: str) -> list[str]:
 
 
 def run(command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
     return done
 
 
@@ -124,7 +126,9 @@ def workspace(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     corpus = write_text(root / "corpus.txt", word_text(30_000))
     env = child_env(root / "data")
     # prepare the token cache once, so that the runs below time training only
-    done = run(single("train", "--data", str(corpus), "--out", str(root / "warm"), *OPTIONS, "--max-steps", "1"), env, root)
+    done = run(
+        single("train", "--data", str(corpus), "--out", str(root / "warm"), *OPTIONS, "--max-steps", "1"), env, root
+    )
     assert done.returncode == 0, done.stderr
     return root, corpus, env
 
@@ -320,7 +324,9 @@ def test_validation_shares_add_up_to_the_whole_score():
 @pytest.mark.slow
 def test_a_batch_that_does_not_divide_among_the_processes_is_refused_in_one_line(workspace):
     root, corpus, env = workspace
-    done = run(torchrun("train", "--data", str(corpus), *OPTIONS, "--batch-size", "7", "--out", str(root / "odd")), env, root)
+    done = run(
+        torchrun("train", "--data", str(corpus), *OPTIONS, "--batch-size", "7", "--out", str(root / "odd")), env, root
+    )
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if "error:" in line and "charlm" in line]
     assert errors == [

@@ -55,7 +55,9 @@ def test_no_permission_says_to_choose_a_folder_one_may_write_to(number):
 
 
 def test_a_read_only_file_system_says_so():
-    text = str(write_error(failed_write(errno.EROFS), "the checkpoint at step 5", "/mnt/ro/run", "choose another --out"))
+    text = str(
+        write_error(failed_write(errno.EROFS), "the checkpoint at step 5", "/mnt/ro/run", "choose another --out")
+    )
     assert text == "cannot write the checkpoint at step 5 in /mnt/ro/run: the file system there is read-only; " \
                    "choose another --out"  # fmt: skip
 

@@ -450,7 +450,9 @@ def test_cli_missing_run_dir(tmp_path):
 def test_cli_prompt_file_is_read(char_run, char_gen, tmp_path):
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text(PROMPT, encoding="utf-8")
-    result = invoke("generate", str(char_run), "--prompt-file", str(prompt_file), "--greedy", "-n", "40", "--threads", "1")
+    result = invoke(
+        "generate", str(char_run), "--prompt-file", str(prompt_file), "--greedy", "-n", "40", "--threads", "1"
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout == printed(PROMPT, char_gen.generate(PROMPT, 40, config=GREEDY).text)
 

@@ -1,12 +1,12 @@
 """The divergence guard and its policy: which steps are bad, and what the engine does after one.
 
-  * react, the pure decision after a bad step (skip, roll back, stop, give up), over every
-    combination of --on-divergence, the bad streak, --skip-limit, the rollbacks in a row and
-    --max-rollbacks in a small range, against the rule as the options' help states it.
-  * DivergenceGuard: a non-finite loss is always bad; a non-finite gradient is bad unless
-    fp16's GradScaler owns it; a spike counts only once SPIKE_WARMUP good steps set the
-    average; bad steps never move the average; state_dict round trips, so a resumed guard
-    judges the next steps exactly as the original would.
+* react, the pure decision after a bad step (skip, roll back, stop, give up), over every
+  combination of --on-divergence, the bad streak, --skip-limit, the rollbacks in a row and
+  --max-rollbacks in a small range, against the rule as the options' help states it.
+* DivergenceGuard: a non-finite loss is always bad; a non-finite gradient is bad unless
+  fp16's GradScaler owns it; a spike counts only once SPIKE_WARMUP good steps set the
+  average; bad steps never move the average; state_dict round trips, so a resumed guard
+  judges the next steps exactly as the original would.
 """
 
 from __future__ import annotations

@@ -419,7 +419,7 @@ def test_per_line_table_escapes_control_characters(run, tmp_path):
 def test_a_10_mb_single_line_is_scored(run, tmp_path):
     words = "the quick brown fox jumps over lazy dog line".split()
     rng = random.Random(7)
-    text = " ".join(rng.choice(words) for _ in range(2_400_000))[: 10_000_000]
+    text = " ".join(rng.choice(words) for _ in range(2_400_000))[:10_000_000]
     path = tmp_path / "one-line.txt"
     path.write_text(text, encoding="utf-8")
     assert "\n" not in text

@@ -31,8 +31,8 @@ from helpers import (
 
 from charlm.errors import CharlmError
 from charlm.runs.directory import LAST, METRICS_FILE, RunDirectory
-from charlm.training.guard import SPIKE_WARMUP, DivergenceGuard
 from charlm.tasks.language_model import Trainer
+from charlm.training.guard import SPIKE_WARMUP, DivergenceGuard
 
 # ----- metrics rewind -------------------------------------------------------------------
 
@@ -266,7 +266,9 @@ def test_every_rng_is_restored_on_resume(tmp_path):
     random.seed(99)
     np.random.seed(99)
     torch.manual_seed(99)
-    resumed = Trainer(trainer.model.config, trainer.config, corpus, RunDirectory(tmp_path / "run"), torch.device("cpu"), "fp32")
+    resumed = Trainer(
+        trainer.model.config, trainer.config, corpus, RunDirectory(tmp_path / "run"), torch.device("cpu"), "fp32"
+    )
     resumed.resume()
     assert (random.random(), np.random.random(), torch.rand(1).item()) == expected
 

@@ -41,11 +41,12 @@ from charlm.inference.generate import Generator
 from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
 from charlm.models.rnnlm import state_tensors
 from charlm.runs.directory import BEST, LAST, METRICS_FILE, RunDirectory
+from charlm.tasks.language_model import Trainer
 from charlm.text.tokenizer import context_token_id
 from charlm.training.optim import learning_rate
-from charlm.tasks.language_model import Trainer
 
 # ----- helpers --------------------------------------------------------------------------
+
 
 def unigram_entropy(text: str) -> float:
     counts = Counter(text)
@@ -174,7 +175,9 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, cell):
     assert result_a.last_val_loss == result_b.last_val_loss
 
     def after_n(run_path: Path, kind: str) -> list[tuple]:
-        return [(e["step"], e["loss"], e.get("lr")) for e in read_events(run_path) if e["event"] == kind and e["step"] > N]
+        return [
+            (e["step"], e["loss"], e.get("lr")) for e in read_events(run_path) if e["event"] == kind and e["step"] > N
+        ]
 
     train_a, train_b = after_n(tmp_path / "a", "train"), after_n(tmp_path / "b", "train")
     assert [s for s, _, _ in train_a] == list(range(N + 2, 2 * N + 1, 2))
@@ -248,7 +251,9 @@ def test_epochs_stops_at_the_epoch_fraction(tmp_path, epochs):
     corpus = make_corpus(tmp_path, word_text(600))
     events: list[dict] = []
     trainer = new_trainer(
-        tmp_path / "run", corpus, train=dict(max_steps=None, epochs=epochs, log_every=1, batch_size=2, seq_len=10),
+        tmp_path / "run",
+        corpus,
+        train=dict(max_steps=None, epochs=epochs, log_every=1, batch_size=2, seq_len=10),
         events=events,
     )
     windows = trainer.batcher.windows(0)
@@ -352,8 +357,9 @@ def test_events_in_metrics_file_are_consistent(tmp_path):
 
     # the eval loss is what score_tokens() gives for the saved weights
     model, _ = RunDirectory(run_path).load_model(LAST)
-    again = score_tokens(model, corpus.splits["val"], context_token_id(corpus.tokenizer),
-                         trainer.config.eval_batch_size, DEFAULT_WINDOW)
+    again = score_tokens(
+        model, corpus.splits["val"], context_token_id(corpus.tokenizer), trainer.config.eval_batch_size, DEFAULT_WINDOW
+    )
     assert again.loss == pytest.approx(evals[-1]["loss"], rel=1e-6)
 
 
@@ -390,8 +396,13 @@ def test_best_checkpoint_only_moves_when_validation_improves(tmp_path):
     best_model, _ = run.load_model(BEST)
     last_model, _ = run.load_model(LAST)
     assert not same_weights(best_model, last_model)
-    again = score_tokens(best_model, corpus.splits["val"], context_token_id(corpus.tokenizer),
-                         trainer.config.eval_batch_size, DEFAULT_WINDOW)
+    again = score_tokens(
+        best_model,
+        corpus.splits["val"],
+        context_token_id(corpus.tokenizer),
+        trainer.config.eval_batch_size,
+        DEFAULT_WINDOW,
+    )
     assert again.loss == pytest.approx(result.best_val_loss, rel=1e-6)
     for e in of_kind(events, "checkpoint"):
         assert (BEST in e["which"]) == (e["step"] in [v["step"] for v in evals if v["best"]])

@@ -189,7 +189,9 @@ class TrainReporter:
 
     def _on_bad_step(self, e: dict[str, Any]) -> None:
         actions = {"skip": "update skipped", "rollback": "rolling back", "stop": "stopping"}
-        self._print(f"warning: step {e['step']:,}: {e['reason']}; {actions.get(e['action'], e['action'])}", style="yellow")
+        self._print(
+            f"warning: step {e['step']:,}: {e['reason']}; {actions.get(e['action'], e['action'])}", style="yellow"
+        )
 
     def _on_rollback(self, e: dict[str, Any]) -> None:
         self._print(
@@ -254,14 +256,26 @@ def print_score(label: str, score: Any, method: str) -> None:
 def print_line_scores(lines: list[tuple[int, str]], scores: list[Any], preview: int = 40) -> None:
     """One row per scored line on stdout."""
     table = Table(box=None, padding=(0, 1))
-    for name, justify in (("line", "right"), ("tokens", "right"), ("nats/token", "right"),
-                          ("bits/char", "right"), ("perplexity", "right"), ("text", "left")):
+    for name, justify in (
+        ("line", "right"),
+        ("tokens", "right"),
+        ("nats/token", "right"),
+        ("bits/char", "right"),
+        ("perplexity", "right"),
+        ("text", "left"),
+    ):
         table.add_column(name, justify=justify)
     for (number, text), score in zip(lines, scores):
         shown = _plain(text if len(text) <= preview else text[: preview - 1] + "…")  # a preview, not data
         if not score.tokens:
             table.add_row(str(number), "0", "-", "-", "-", Text(shown))
             continue
-        table.add_row(str(number), f"{score.tokens:,}", f"{score.loss:.4f}", f"{score.bits_per_char:.4f}",
-                      f"{score.perplexity:.2f}", Text(shown))
+        table.add_row(
+            str(number),
+            f"{score.tokens:,}",
+            f"{score.loss:.4f}",
+            f"{score.bits_per_char:.4f}",
+            f"{score.perplexity:.2f}",
+            Text(shown),
+        )
     _stdout_console().print(table)

@@ -52,32 +52,69 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
-@click.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
-             "CHARLM_GENERATE_<OPTION>, e.g. CHARLM_GENERATE_TEMPERATURE=0.5.")
+@click.command(
+    context_settings=CONTEXT,
+    epilog="Every option can also be set in the environment as "
+    "CHARLM_GENERATE_<OPTION>, e.g. CHARLM_GENERATE_TEMPERATURE=0.5.",
+)
 @click.argument("run", type=click.Path(path_type=Path), metavar="RUN_DIR")
 @click.option("--prompt", "-p", default="", help="Text to continue; it is printed before the continuation.")
-@click.option("--prompt-file", type=click.Path(path_type=Path, dir_okay=False),
-              help=f"Read the prompt from a file (UTF-8, at most {MAX_PROMPT_BYTES >> 20} MiB).")
-@click.option("--max-tokens", "-n", type=int, default=500,
-              help=f"Tokens to generate per sample (at most {MAX_TOKENS:,}).")
+@click.option(
+    "--prompt-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Read the prompt from a file (UTF-8, at most {MAX_PROMPT_BYTES >> 20} MiB).",
+)
+@click.option(
+    "--max-tokens", "-n", type=int, default=500, help=f"Tokens to generate per sample (at most {MAX_TOKENS:,})."
+)
 @click.option("--temperature", type=float, default=SampleConfig.temperature, help="0 is greedy; higher is wilder.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely token (same as --temperature 0).")
 @click.option("--top-k", type=int, help="Sample only from the k most likely tokens (clamped to the vocabulary).")
 @click.option("--top-p", type=float, help="Sample only from the smallest set of tokens with at least this probability.")
-@click.option("--num-samples", "-N", type=int, default=1,
-              help=f"Samples to make, together as one batch (at most {MAX_SAMPLES:,}, and what fits in memory).")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED - 1),
-              help="Random seed: the same seed gives the same text on the same machine and device.")
-@click.option("--stop", multiple=True, metavar="TEXT",
-              help=r"End a sample when this text appears (it is not printed); repeatable. \n, \t are read as escapes.")
+@click.option(
+    "--num-samples",
+    "-N",
+    type=int,
+    default=1,
+    help=f"Samples to make, together as one batch (at most {MAX_SAMPLES:,}, and what fits in memory).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED - 1),
+    help="Random seed: the same seed gives the same text on the same machine and device.",
+)
+@click.option(
+    "--stop",
+    multiple=True,
+    metavar="TEXT",
+    help=r"End a sample when this text appears (it is not printed); repeatable. \n, \t are read as escapes.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample instead of plain text.")
-@click.option("--checkpoint", type=click.Choice(["auto", "best", "last"]), default="auto",
-              help="Which weights: auto takes best, else last.")
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["auto", "best", "last"]),
+    default="auto",
+    help="Which weights: auto takes best, else last.",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto picks CUDA when present.")
 @click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
-def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: int, temperature: float, greedy: bool,
-             top_k: Optional[int], top_p: Optional[float], num_samples: int, seed: Optional[int], stop: tuple[str, ...],
-             as_json: bool, checkpoint: str, device: str, threads: Optional[int]) -> None:
+def generate(
+    run: Path,
+    prompt: str,
+    prompt_file: Optional[Path],
+    max_tokens: int,
+    temperature: float,
+    greedy: bool,
+    top_k: Optional[int],
+    top_p: Optional[float],
+    num_samples: int,
+    seed: Optional[int],
+    stop: tuple[str, ...],
+    as_json: bool,
+    checkpoint: str,
+    device: str,
+    threads: Optional[int],
+) -> None:
     """Generate text from a trained run. Text streams to stdout; notices go to stderr."""
     one_process_only("generate")
     console = Console()
@@ -103,8 +140,9 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
     if seed is None:
         seed = int(torch.seed() % (1 << 31))
     # the batch's memory is checked here, before anything is printed; the text is made below
-    result = generator.generate(prompt, max_tokens, num_samples=num_samples, config=sample_config, seed=seed,
-                                stop=stops)
+    result = generator.generate(
+        prompt, max_tokens, num_samples=num_samples, config=sample_config, seed=seed, stop=stops
+    )
     unknown = generator.unknown_in_prompt(prompt)
     if unknown:
         shown = ", ".join(_show_char(ch) for ch in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
@@ -113,8 +151,14 @@ def generate(run: Path, prompt: str, prompt_file: Optional[Path], max_tokens: in
 
     if as_json:
         for index, sample in enumerate(result.samples):
-            record = {"sample": index, "prompt": prompt, "text": sample.text, "tokens": sample.tokens,
-                      "finish": sample.finish, "seed": seed}
+            record = {
+                "sample": index,
+                "prompt": prompt,
+                "text": sample.text,
+                "tokens": sample.tokens,
+                "finish": sample.finish,
+                "seed": seed,
+            }
             Console.write_text(json.dumps(record, ensure_ascii=False) + "\n")
         return
 

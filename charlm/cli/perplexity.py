@@ -28,30 +28,67 @@ from charlm.inference.scoring import DEFAULT_LANES, DEFAULT_WINDOW
 from charlm.text.inputs import read_data, read_data_lines
 
 
-@click.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
-             "CHARLM_PERPLEXITY_<OPTION>. Units are defined in the README.")
+@click.command(
+    context_settings=CONTEXT,
+    epilog="Every option can also be set in the environment as "
+    "CHARLM_PERPLEXITY_<OPTION>. Units are defined in the README.",
+)
 @click.argument("run", type=click.Path(path_type=Path), metavar="RUN_DIR")
-@click.option("--data", "-d", metavar="PATH|-", help="Text to score: a file, a folder, or - for stdin. "
-              "Default: the run's own test split, else its validation split.")
-@click.option("--split", type=click.Choice(["auto", "val", "test"]), default="auto",
-              help="Which of the run's splits to score when --data is not given.")
+@click.option(
+    "--data",
+    "-d",
+    metavar="PATH|-",
+    help="Text to score: a file, a folder, or - for stdin. "
+    "Default: the run's own test split, else its validation split.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["auto", "val", "test"]),
+    default="auto",
+    help="Which of the run's splits to score when --data is not given.",
+)
 @click.option("--per-line", is_flag=True, help="Score each line on its own, from a fresh state.")
 @click.option("--field", metavar="NAME", help="With --per-line: read JSON lines and score this field of each.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object, or one per line with --per-line).")
-@click.option("--lanes", type=int,
-              help="Parallel lanes; each after the first is a context reset. 1: every token sees all before it. "
-                   f"Default: the run's validation lanes (--eval-batch-size, {DEFAULT_LANES} unless changed).")
-@click.option("--window", type=int, default=DEFAULT_WINDOW, help="Tokens per step of each lane (does not change the result).")
+@click.option(
+    "--lanes",
+    type=int,
+    help="Parallel lanes; each after the first is a context reset. 1: every token sees all before it. "
+    f"Default: the run's validation lanes (--eval-batch-size, {DEFAULT_LANES} unless changed).",
+)
+@click.option(
+    "--window", type=int, default=DEFAULT_WINDOW, help="Tokens per step of each lane (does not change the result)."
+)
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", help="bf16 is faster on some CPUs.")
-@click.option("--encoding-errors", type=click.Choice(ENCODING_ERRORS), default="strict",
-              help="What to do with bytes that are not UTF-8 in --data.")
-@click.option("--checkpoint", type=click.Choice(["auto", "best", "last"]), default="auto",
-              help="Which weights: auto takes best, else last.")
+@click.option(
+    "--encoding-errors",
+    type=click.Choice(ENCODING_ERRORS),
+    default="strict",
+    help="What to do with bytes that are not UTF-8 in --data.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["auto", "best", "last"]),
+    default="auto",
+    help="Which weights: auto takes best, else last.",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto picks CUDA when present.")
 @click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
-def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field: Optional[str], as_json: bool,
-               lanes: Optional[int], window: int, precision: str, encoding_errors: str, checkpoint: str, device: str,
-               threads: Optional[int]) -> None:
+def perplexity(
+    run: Path,
+    data: Optional[str],
+    split: str,
+    per_line: bool,
+    field: Optional[str],
+    as_json: bool,
+    lanes: Optional[int],
+    window: int,
+    precision: str,
+    encoding_errors: str,
+    checkpoint: str,
+    device: str,
+    threads: Optional[int],
+) -> None:
     """Score text with a trained run: nats/token, perplexity, bits per char and per byte."""
     one_process_only("perplexity")
     console = Console()
@@ -90,8 +127,10 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
         score = scorer.score_text(chunks)
     context = scorer.tokenizer.decode([scorer.context_id])
     resets = score.context_resets
-    method = (f"{score.lanes} lane{'s' if score.lanes != 1 else ''} ({resets} context reset{'s' if resets != 1 else ''}), "
-              f"windows of {window}, state carried; the first token follows {context!r}")
+    method = (
+        f"{score.lanes} lane{'s' if score.lanes != 1 else ''} ({resets} context reset{'s' if resets != 1 else ''}), "
+        f"windows of {window}, state carried; the first token follows {context!r}"
+    )
     if as_json:
         Console.write_text(json.dumps({"text": label, **score.to_dict(), "method": method}, allow_nan=False) + "\n")
     else:
@@ -101,5 +140,7 @@ def perplexity(run: Path, data: Optional[str], split: str, per_line: bool, field
 
 def _warn_unknown(console: Console, unknown: int) -> None:
     if unknown:
-        console.warn(f"{unknown:,} character(s) are not in the model's vocabulary; they were scored as the "
-                     "unknown symbol, which the model never predicts well")
+        console.warn(
+            f"{unknown:,} character(s) are not in the model's vocabulary; they were scored as the "
+            "unknown symbol, which the model never predicts well"
+        )

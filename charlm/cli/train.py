@@ -121,70 +121,137 @@ class _StopFlag:
         return self.requested
 
 
-@click.command(context_settings=CONTEXT, epilog="Every option can also be set in the environment as "
-             "CHARLM_TRAIN_<OPTION>, e.g. CHARLM_TRAIN_MAX_STEPS=1000 or CHARLM_TRAIN_DEVICE=cpu.")
-@click.option("--data", "-d", default=DEFAULT_CORPUS, metavar="PATH|NAME",
-              help="Corpus: a text file, a folder of text files, or a named corpus (shakespeare, pystdlib). "
-                   "The default downloads tiny Shakespeare once and falls back to pystdlib offline.")
+@click.command(
+    context_settings=CONTEXT,
+    epilog="Every option can also be set in the environment as "
+    "CHARLM_TRAIN_<OPTION>, e.g. CHARLM_TRAIN_MAX_STEPS=1000 or CHARLM_TRAIN_DEVICE=cpu.",
+)
+@click.option(
+    "--data",
+    "-d",
+    default=DEFAULT_CORPUS,
+    metavar="PATH|NAME",
+    help="Corpus: a text file, a folder of text files, or a named corpus (shakespeare, pystdlib). "
+    "The default downloads tiny Shakespeare once and falls back to pystdlib offline.",
+)
 @click.option("--val-data", metavar="PATH", help="Separate validation text (instead of --val-fraction).")
 @click.option("--test-data", metavar="PATH", help="Separate test text (instead of --test-fraction).")
-@click.option("--val-fraction", type=float, default=_T.val_fraction, help="Last fraction of the corpus kept for validation.")
-@click.option("--test-fraction", type=float, default=_T.test_fraction, help="Fraction after validation kept for testing.")
-@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="DIR",
-              help="Run directory. Default: runs/<corpus>-<date>-<time>.")
+@click.option(
+    "--val-fraction", type=float, default=_T.val_fraction, help="Last fraction of the corpus kept for validation."
+)
+@click.option(
+    "--test-fraction", type=float, default=_T.test_fraction, help="Fraction after validation kept for testing."
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Run directory. Default: runs/<corpus>-<date>-<time>.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--tokenizer", type=click.Choice(TOKENIZERS), default=_T.tokenizer, help="How text becomes tokens.")
 @click.option("--vocab-size", type=int, default=_T.vocab_size, help="SentencePiece vocabulary size (above 260).")
-@click.option("--spm-model", "spm_model_type", type=click.Choice(SPM_MODEL_TYPES), default=_T.spm_model_type,
-              help="SentencePiece model type.")
-@click.option("--encoding-errors", type=click.Choice(ENCODING_ERRORS), default=_T.encoding_errors,
-              help="What to do with bytes that are not UTF-8: stop with their position, or replace them with U+FFFD.")
+@click.option(
+    "--spm-model",
+    "spm_model_type",
+    type=click.Choice(SPM_MODEL_TYPES),
+    default=_T.spm_model_type,
+    help="SentencePiece model type.",
+)
+@click.option(
+    "--encoding-errors",
+    type=click.Choice(ENCODING_ERRORS),
+    default=_T.encoding_errors,
+    help="What to do with bytes that are not UTF-8: stop with their position, or replace them with U+FFFD.",
+)
 @click.option("--cell", type=click.Choice(CELLS + ("rnn",)), default=_M.cell, help="Recurrent cell (rnn = rnn-tanh).")
 @click.option("--layers", type=int, default=_M.layers, help="Stacked recurrent layers (L).")
 @click.option("--hidden", type=int, default=_M.hidden, help="Hidden width (H).")
 @click.option("--embed", type=int, default=_M.embed, help="Embedding width (E).")
-@click.option("--dropout", type=float, default=_M.dropout, help="Dropout on embeddings, between layers and on the output.")
+@click.option(
+    "--dropout", type=float, default=_M.dropout, help="Dropout on embeddings, between layers and on the output."
+)
 @click.option("--tie-weights/--no-tie-weights", default=_M.tie_weights, help="Share the embedding and output matrices.")
 @click.option("--batch-size", "-b", type=int, default=_T.batch_size, help="Parallel lanes of the token stream (B).")
 @click.option("--seq-len", "-t", type=int, default=_T.seq_len, help="Window length for truncated BPTT (T).")
 @click.option("--random-offset/--no-random-offset", default=_T.random_offset, help="Move window boundaries each epoch.")
 @click.option("--lr", type=float, default=_T.lr, help="Peak learning rate (AdamW).")
-@click.option("--min-lr-ratio", type=float, default=_T.min_lr_ratio, help="Final learning rate as a fraction of the peak.")
+@click.option(
+    "--min-lr-ratio", type=float, default=_T.min_lr_ratio, help="Final learning rate as a fraction of the peak."
+)
 @click.option("--warmup-steps", type=int, default=_T.warmup_steps, help="Linear warmup steps.")
 @click.option("--weight-decay", type=float, default=_T.weight_decay, help="AdamW weight decay on weight matrices.")
 @click.option("--grad-clip", type=float, default=_T.grad_clip, help="Clip the gradient norm to this (0: off).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=_T.precision,
-              help="auto: bf16 where the hardware has it (CUDA from Ampere on, or a CPU with AVX512-BF16/AMX), "
-                   "else fp16 with a GradScaler on a GPU and fp32 on a CPU.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=_T.precision,
+    help="auto: bf16 where the hardware has it (CUDA from Ampere on, or a CPU with AVX512-BF16/AMX), "
+    "else fp16 with a GradScaler on a GPU and fp32 on a CPU.",
+)
 @click.option("--device", type=click.Choice(DEVICES), default=_T.device, help="auto picks CUDA when present.")
-@click.option("--threads", type=int,
-              help="CPU threads per process. Default: one per available core, shared among the processes "
-                   "torchrun starts on this machine (torchrun's own default is 1).")
-@click.option("--compile/--no-compile", default=_T.compile,
-              help="Compile the training step with torch.compile: a slower start, then faster steps, mostly on GPUs.")
+@click.option(
+    "--threads",
+    type=int,
+    help="CPU threads per process. Default: one per available core, shared among the processes "
+    "torchrun starts on this machine (torchrun's own default is 1).",
+)
+@click.option(
+    "--compile/--no-compile",
+    default=_T.compile,
+    help="Compile the training step with torch.compile: a slower start, then faster steps, mostly on GPUs.",
+)
 @click.option("--seed", type=click.IntRange(0, MAX_SEED - 1), default=_T.seed, help="Random seed.")
 @click.option("--max-steps", type=int, help="Stop after this many steps.")
-@click.option("--max-time", type=float,
-              help=f"Stop after this many seconds of training. With no stop option: {DEFAULT_MAX_TIME_S:g}.")
+@click.option(
+    "--max-time",
+    type=float,
+    help=f"Stop after this many seconds of training. With no stop option: {DEFAULT_MAX_TIME_S:g}.",
+)
 @click.option("--epochs", type=float, help="Stop after this many passes over the training split.")
 @click.option("--eval-every", type=int, default=_T.eval_every, help="Validate (and checkpoint) every N steps.")
 @click.option("--eval-batch-size", type=int, default=_T.eval_batch_size, help="Lanes used for validation.")
-@click.option("--checkpoint-every", type=CADENCE, multiple=True, default=DEFAULT_CADENCE, metavar="N|TIME",
-              help="Also checkpoint every N steps and/or every TIME (e.g. 90s, 10m, 2h); repeat to give both. "
-                   "Given values replace both defaults.")
-@click.option("--on-divergence", type=click.Choice(DIVERGENCE_ACTIONS), default=_T.on_divergence,
-              help="A step whose loss or gradient is NaN/inf, or whose loss spikes: skip its update (rolling back "
-                   "to the last checkpoint after --skip-limit in a row), roll back at once, or stop.")
-@click.option("--spike-factor", type=float, default=_T.spike_factor,
-              help="A loss above this many times its recent average counts as a bad step (0: off).")
+@click.option(
+    "--checkpoint-every",
+    type=CADENCE,
+    multiple=True,
+    default=DEFAULT_CADENCE,
+    metavar="N|TIME",
+    help="Also checkpoint every N steps and/or every TIME (e.g. 90s, 10m, 2h); repeat to give both. "
+    "Given values replace both defaults.",
+)
+@click.option(
+    "--on-divergence",
+    type=click.Choice(DIVERGENCE_ACTIONS),
+    default=_T.on_divergence,
+    help="A step whose loss or gradient is NaN/inf, or whose loss spikes: skip its update (rolling back "
+    "to the last checkpoint after --skip-limit in a row), roll back at once, or stop.",
+)
+@click.option(
+    "--spike-factor",
+    type=float,
+    default=_T.spike_factor,
+    help="A loss above this many times its recent average counts as a bad step (0: off).",
+)
 @click.option("--skip-limit", type=int, default=_T.skip_limit, help="Bad steps in a row that trigger a rollback.")
-@click.option("--max-rollbacks", type=int, default=_T.max_rollbacks,
-              help="Rollbacks in a row (no recovery between) before the run gives up.")
-@click.option("--rollback-lr-factor", type=float, default=_T.rollback_lr_factor,
-              help="Each rollback multiplies the learning rate by this.")
+@click.option(
+    "--max-rollbacks",
+    type=int,
+    default=_T.max_rollbacks,
+    help="Rollbacks in a row (no recovery between) before the run gives up.",
+)
+@click.option(
+    "--rollback-lr-factor",
+    type=float,
+    default=_T.rollback_lr_factor,
+    help="Each rollback multiplies the learning rate by this.",
+)
 @click.option("--log-every", type=int, default=_T.log_every, help="Log training loss every N steps.")
-@click.option("--sample-length", type=int, default=_T.sample_length, help="Tokens of sample text printed at the end (0: none).")
+@click.option(
+    "--sample-length", type=int, default=_T.sample_length, help="Tokens of sample text printed at the end (0: none)."
+)
 @click.pass_context
 def train(ctx: click.Context, **options: Any) -> None:
     """Train a recurrent language model on a corpus; write a self-contained run directory.

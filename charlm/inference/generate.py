@@ -235,7 +235,9 @@ class Generator:
             free = available_memory(where)
             most = f" (at most about {max(free // per_sample, 0):,} fit here)" if free else ""
             require_memory(
-                per_sample * num_samples, where, f"--num-samples {num_samples:,} x --max-tokens {max_tokens:,}",
+                per_sample * num_samples,
+                where,
+                f"--num-samples {num_samples:,} x --max-tokens {max_tokens:,}",
                 f"use fewer --num-samples{most} or a smaller --max-tokens",
             )
 

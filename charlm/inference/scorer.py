@@ -26,8 +26,8 @@ from charlm.text.tokenizer import context_token_id, same_tokenizer
 class Scorer:
     """Scores text with a trained model: whole texts, a run's own splits, or line by line.
 
-        scorer = Scorer("runs/mine")
-        scorer.score_text("To be, or not to be").bits_per_char
+    scorer = Scorer("runs/mine")
+    scorer.score_text("To be, or not to be").bits_per_char
     """
 
     def __init__(
@@ -98,8 +98,16 @@ class Scorer:
         for line, ids, nll in zip(lines, encoded, totals):
             counter = TextCounter()
             counter.add(line)
-            scores.append(Score(nll=nll, tokens=len(ids), chars=counter.chars, bytes=counter.bytes,
-                                words=counter.words, unknown=self._count_unknown(ids)))
+            scores.append(
+                Score(
+                    nll=nll,
+                    tokens=len(ids),
+                    chars=counter.chars,
+                    bytes=counter.bytes,
+                    words=counter.words,
+                    unknown=self._count_unknown(ids),
+                )
+            )
         return scores
 
     def score_split(self, split: str = "auto") -> tuple[str, Score]:
@@ -115,6 +123,7 @@ class Scorer:
             split = "test" if len(corpus.splits["test"]) else "val"
         if not len(corpus.splits[split]):
             raise CharlmError(f"the run has no {split} split; pass --data to score a text")
-        score = self.score_ids(corpus.splits[split], corpus.chars[split], corpus.bytes[split],
-                               corpus.words[split], corpus.unknown[split])
+        score = self.score_ids(
+            corpus.splits[split], corpus.chars[split], corpus.bytes[split], corpus.words[split], corpus.unknown[split]
+        )
         return split, score

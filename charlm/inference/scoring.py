@@ -80,8 +80,10 @@ class Score:
 
     def to_dict(self) -> dict:
         """Plain values for JSON; a figure that is undefined (no tokens, no words) is None."""
-        return {key: (value if not isinstance(value, float) or math.isfinite(value) else None)
-                for key, value in self._fields().items()}
+        return {
+            key: (value if not isinstance(value, float) or math.isfinite(value) else None)
+            for key, value in self._fields().items()
+        }
 
     def _fields(self) -> dict:
         return {

@@ -178,8 +178,13 @@ class LanguageModelRun:
             else:
                 out = self.plan.out or Path("runs") / f"{corpus.label}-{time.strftime('%Y%m%d-%H%M%S')}"
                 run_dir = RunDirectory(out)
-                config = RunConfig(model=self.model, train=train, tokenizer_kind=corpus.tokenizer.kind,
-                                   tokenizer_fingerprint=fingerprint(corpus.tokenizer), charlm_version=__version__)
+                config = RunConfig(
+                    model=self.model,
+                    train=train,
+                    tokenizer_kind=corpus.tokenizer.kind,
+                    tokenizer_fingerprint=fingerprint(corpus.tokenizer),
+                    charlm_version=__version__,
+                )
                 create_run_directory(run_dir, self.plan.overwrite, corpus.tokenizer, config)
             path = str(run_dir.path)
         self.run_dir = RunDirectory(distributed.broadcast(world, path))

@@ -239,5 +239,3 @@ class SentencePieceTokenizer:
             directory / TOKENIZER_FILE,
             {"kind": self.kind, "version": FORMAT_VERSION, "model_file": SPM_MODEL_FILE},
         )
-
-

@@ -65,7 +65,9 @@ def _env_int(name: str) -> Optional[int]:
     try:
         return int(value)
     except ValueError:
-        raise CharlmError(f"the environment variable {name}={value!r} is not a number; start charlm with torchrun") from None
+        raise CharlmError(
+            f"the environment variable {name}={value!r} is not a number; start charlm with torchrun"
+        ) from None
 
 
 def launched_world() -> tuple[int, int, int, int]:

@@ -55,4 +55,6 @@ def restore(saved: dict[str, Any], device: torch.device) -> None:
         if python_state is not None:
             random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CharlmError(f"the saved random number generator state is damaged ({exc}); the checkpoint cannot be resumed") from None
+        raise CharlmError(
+            f"the saved random number generator state is damaged ({exc}); the checkpoint cannot be resumed"
+        ) from None

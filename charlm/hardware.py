@@ -42,30 +42,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def check_precision_runs(cell: str, device: torch.device, precision: str) -> None:
-    """Refuse a precision torch cannot run for this cell here, before any real work.
-
-    On the CPU, torch's half-precision recurrent kernels depend on the build and the CPU
-    (torch 2.13's oneDNN has no fp16 LSTM here; its GRU runs fp16 inputs in fp32), so a
-    one-step probe with a tiny cell answers it; CUDA runs every cell in fp16 and bf16."""
-    if precision == "fp32" or device.type != "cpu":
-        return
-    from charlm.config import ModelShape
-    from charlm.models.rnnlm import RNNLM
-
-    probe = RNNLM(ModelShape(cell=cell, layers=1, hidden=8, embed=8, dropout=0.0).with_vocabulary(4))
-    try:
-        with autocast(device, precision):
-            logits, _ = probe(torch.zeros(1, 2, dtype=torch.long))
-        logits.float().sum().backward()
-    except RuntimeError:
-        other = "bf16 or fp32" if precision == "fp16" else "fp32"
-        raise OptionError(
-            "precision",
-            f"{precision}: torch cannot run a {cell} cell in {precision} on this CPU; use --precision {other}",
-        ) from None
-
-
 def autocast(device: torch.device, precision: str):
     """The autocast context for a resolved precision (a no-op for fp32)."""
     if precision == "fp32":

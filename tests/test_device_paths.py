@@ -31,8 +31,8 @@ from helpers import (
 )
 
 from charlm.errors import CharlmError
-from charlm.hardware import check_precision_runs
 from charlm.training.faults import FaultPlan
+from charlm.training.preflight import check_precision_runs
 
 CPU = torch.device("cpu")
 

@@ -30,7 +30,7 @@ import torch
 from charlm import __version__
 from charlm.config import ModelConfig, ModelShape, RunConfig, TrainConfig
 from charlm.errors import CharlmError
-from charlm.hardware import check_precision_runs, resolve_device, resolve_precision, set_threads
+from charlm.hardware import resolve_device, resolve_precision, set_threads
 from charlm.runs.create import check_out_writable, create_run_directory
 from charlm.runs.directory import RunDirectory
 from charlm.tasks.lanes import require_tokens
@@ -42,7 +42,7 @@ from charlm.text.tokenizer import fingerprint, same_tokenizer
 from charlm.training import distributed
 from charlm.training.distributed import SINGLE, World
 from charlm.training.faults import FaultPlan
-from charlm.training.preflight import check_training_memory
+from charlm.training.preflight import check_precision_runs, check_training_memory
 from charlm.training.resume import apply_resume_options
 
 # Options the call itself takes, never part of `given`.

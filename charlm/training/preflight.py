@@ -4,6 +4,7 @@ Each check fails early with one CharlmError that names the option to change, so 
 learns that the model cannot fit in memory before a long corpus preparation, not after it
 (or from the OOM killer):
 
+  check_precision_runs     torch can run this cell in this precision on this CPU
   check_training_memory    the model and one (B, T) batch fit in the memory left
 
 Whether --out can be written, and the run's first files, are charlm/runs/create.py's.
@@ -16,8 +17,30 @@ from typing import Optional
 import torch
 
 from charlm.config import ModelShape, TrainConfig
-from charlm.hardware import require_memory
-from charlm.models.rnnlm import training_memory_bytes
+from charlm.errors import OptionError
+from charlm.hardware import autocast, require_memory
+from charlm.models.rnnlm import RNNLM, training_memory_bytes
+
+
+def check_precision_runs(cell: str, device: torch.device, precision: str) -> None:
+    """Refuse a precision torch cannot run for this cell here, before any real work.
+
+    On the CPU, torch's half-precision recurrent kernels depend on the build and the CPU
+    (torch 2.13's oneDNN has no fp16 LSTM here; its GRU runs fp16 inputs in fp32), so a
+    one-step probe with a tiny cell answers it; CUDA runs every cell in fp16 and bf16."""
+    if precision == "fp32" or device.type != "cpu":
+        return
+    probe = RNNLM(ModelShape(cell=cell, layers=1, hidden=8, embed=8, dropout=0.0).with_vocabulary(4))
+    try:
+        with autocast(device, precision):
+            logits, _ = probe(torch.zeros(1, 2, dtype=torch.long))
+        logits.float().sum().backward()
+    except RuntimeError:
+        other = "bf16 or fp32" if precision == "fp16" else "fp32"
+        raise OptionError(
+            "precision",
+            f"{precision}: torch cannot run a {cell} cell in {precision} on this CPU; use --precision {other}",
+        ) from None
 
 
 def _vocab_floor(config: TrainConfig) -> int:

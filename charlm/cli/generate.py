@@ -14,9 +14,8 @@ from charlm.cli.console import Console
 from charlm.cli.errors import (
     one_process_only,
 )
-from charlm.cli.options import CONTEXT
+from charlm.cli.options import CONTEXT, require_threads, run_weights_options
 from charlm.config import (
-    DEVICES,
     MAX_SEED,
     SampleConfig,
 )
@@ -90,14 +89,7 @@ def _unescape(text: str) -> str:
     help=r"End a sample when this text appears (it is not printed); repeatable. \n, \t are read as escapes.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample instead of plain text.")
-@click.option(
-    "--checkpoint",
-    type=click.Choice(["auto", "best", "last"]),
-    default="auto",
-    help="Which weights: auto takes best, else last.",
-)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto picks CUDA when present.")
-@click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
+@run_weights_options
 def generate(
     run: Path,
     prompt: str,
@@ -124,8 +116,7 @@ def generate(
         prompt = read_prompt_file(prompt_file)
     require_utf8(prompt, "--prompt", "the prompt")
     check_counts(num_samples, max_tokens)  # before loading the model; its memory is checked after
-    if threads is not None and threads < 1:
-        raise CharlmError(f"--threads must be at least 1 (got {threads})")
+    require_threads(threads)
     sample_config = SampleConfig(temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p)
     sample_config.validate()
     stops = [_unescape(s) for s in stop]

@@ -1,5 +1,6 @@
-"""What the commands share: context settings, where an option's value came from, and how an
-OptionError's field is spelled as a flag (and the environment variable it came from)."""
+"""What the commands share: context settings, the options of every command that loads a run,
+where an option's value came from, and how an OptionError's field is spelled as a flag (and
+the environment variable it came from)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,34 @@ from typing import Optional
 
 import click
 
-from charlm.errors import OptionError
+from charlm.config import DEVICES
+from charlm.errors import CharlmError, OptionError
 
 GROUP_CONTEXT = dict(help_option_names=["-h", "--help"], auto_envvar_prefix="CHARLM")
 CONTEXT = dict(help_option_names=["-h", "--help"], show_default=True)
 
 # Library fields set by an option of another name.
 PARAMETER_OF = {"checkpoint_seconds": "checkpoint_every"}
+
+
+def run_weights_options(command):
+    """--checkpoint, --device and --threads, for a command that loads a trained run."""
+    command = click.option("--threads", type=int, help="CPU threads. Default: one per available core.")(command)
+    command = click.option(
+        "--device", type=click.Choice(DEVICES), default="auto", help="auto picks CUDA when present."
+    )(command)
+    return click.option(
+        "--checkpoint",
+        type=click.Choice(["auto", "best", "last"]),
+        default="auto",
+        help="Which weights: auto takes best, else last.",
+    )(command)
+
+
+def require_threads(threads: Optional[int]) -> None:
+    """Refuse --threads below 1 before any work (set_threads checks the upper bound later)."""
+    if threads is not None and threads < 1:
+        raise CharlmError(f"--threads must be at least 1 (got {threads})")
 
 
 def was_given(ctx: click.Context, name: str) -> bool:

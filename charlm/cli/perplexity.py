@@ -12,9 +12,8 @@ from charlm.cli.console import Console, print_line_scores, print_score
 from charlm.cli.errors import (
     one_process_only,
 )
-from charlm.cli.options import CONTEXT
+from charlm.cli.options import CONTEXT, require_threads, run_weights_options
 from charlm.config import (
-    DEVICES,
     ENCODING_ERRORS,
 )
 from charlm.errors import CharlmError
@@ -66,14 +65,7 @@ from charlm.text.inputs import read_data, read_data_lines
     default="strict",
     help="What to do with bytes that are not UTF-8 in --data.",
 )
-@click.option(
-    "--checkpoint",
-    type=click.Choice(["auto", "best", "last"]),
-    default="auto",
-    help="Which weights: auto takes best, else last.",
-)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto picks CUDA when present.")
-@click.option("--threads", type=int, help="CPU threads. Default: one per available core.")
+@run_weights_options
 def perplexity(
     run: Path,
     data: Optional[str],
@@ -92,8 +84,7 @@ def perplexity(
     """Score text with a trained run: nats/token, perplexity, bits per char and per byte."""
     one_process_only("perplexity")
     console = Console()
-    if threads is not None and threads < 1:
-        raise CharlmError(f"--threads must be at least 1 (got {threads})")
+    require_threads(threads)
     if field and not per_line:
         raise CharlmError("--field goes with --per-line")
     if per_line and data is None:

@@ -48,6 +48,15 @@ _T, _M = TrainConfig, ModelShape  # option defaults live in the dataclasses
 SHAPE_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelShape))
 RUN_OPTIONS = ("out", "resume", "overwrite")
 
+
+def config_option(*flags: str, help: str):
+    """A numeric option whose type and default are those of the config field of its name
+    (ModelShape's for the model's shape, else TrainConfig's)."""
+    name = next(flag for flag in flags if flag.startswith("--"))[2:].replace("-", "_")
+    default = getattr(_M if name in SHAPE_OPTIONS else _T, name)
+    return click.option(*flags, type=type(default), default=default, help=help)
+
+
 _TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -136,12 +145,8 @@ class _StopFlag:
 )
 @click.option("--val-data", metavar="PATH", help="Separate validation text (instead of --val-fraction).")
 @click.option("--test-data", metavar="PATH", help="Separate test text (instead of --test-fraction).")
-@click.option(
-    "--val-fraction", type=float, default=_T.val_fraction, help="Last fraction of the corpus kept for validation."
-)
-@click.option(
-    "--test-fraction", type=float, default=_T.test_fraction, help="Fraction after validation kept for testing."
-)
+@config_option("--val-fraction", help="Last fraction of the corpus kept for validation.")
+@config_option("--test-fraction", help="Fraction after validation kept for testing.")
 @click.option(
     "--out",
     "-o",
@@ -152,7 +157,7 @@ class _StopFlag:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
 @click.option("--tokenizer", type=click.Choice(TOKENIZERS), default=_T.tokenizer, help="How text becomes tokens.")
-@click.option("--vocab-size", type=int, default=_T.vocab_size, help="SentencePiece vocabulary size (above 260).")
+@config_option("--vocab-size", help="SentencePiece vocabulary size (above 260).")
 @click.option(
     "--spm-model",
     "spm_model_type",
@@ -167,23 +172,19 @@ class _StopFlag:
     help="What to do with bytes that are not UTF-8: stop with their position, or replace them with U+FFFD.",
 )
 @click.option("--cell", type=click.Choice(CELLS + ("rnn",)), default=_M.cell, help="Recurrent cell (rnn = rnn-tanh).")
-@click.option("--layers", type=int, default=_M.layers, help="Stacked recurrent layers (L).")
-@click.option("--hidden", type=int, default=_M.hidden, help="Hidden width (H).")
-@click.option("--embed", type=int, default=_M.embed, help="Embedding width (E).")
-@click.option(
-    "--dropout", type=float, default=_M.dropout, help="Dropout on embeddings, between layers and on the output."
-)
+@config_option("--layers", help="Stacked recurrent layers (L).")
+@config_option("--hidden", help="Hidden width (H).")
+@config_option("--embed", help="Embedding width (E).")
+@config_option("--dropout", help="Dropout on embeddings, between layers and on the output.")
 @click.option("--tie-weights/--no-tie-weights", default=_M.tie_weights, help="Share the embedding and output matrices.")
-@click.option("--batch-size", "-b", type=int, default=_T.batch_size, help="Parallel lanes of the token stream (B).")
-@click.option("--seq-len", "-t", type=int, default=_T.seq_len, help="Window length for truncated BPTT (T).")
+@config_option("--batch-size", "-b", help="Parallel lanes of the token stream (B).")
+@config_option("--seq-len", "-t", help="Window length for truncated BPTT (T).")
 @click.option("--random-offset/--no-random-offset", default=_T.random_offset, help="Move window boundaries each epoch.")
-@click.option("--lr", type=float, default=_T.lr, help="Peak learning rate (AdamW).")
-@click.option(
-    "--min-lr-ratio", type=float, default=_T.min_lr_ratio, help="Final learning rate as a fraction of the peak."
-)
-@click.option("--warmup-steps", type=int, default=_T.warmup_steps, help="Linear warmup steps.")
-@click.option("--weight-decay", type=float, default=_T.weight_decay, help="AdamW weight decay on weight matrices.")
-@click.option("--grad-clip", type=float, default=_T.grad_clip, help="Clip the gradient norm to this (0: off).")
+@config_option("--lr", help="Peak learning rate (AdamW).")
+@config_option("--min-lr-ratio", help="Final learning rate as a fraction of the peak.")
+@config_option("--warmup-steps", help="Linear warmup steps.")
+@config_option("--weight-decay", help="AdamW weight decay on weight matrices.")
+@config_option("--grad-clip", help="Clip the gradient norm to this (0: off).")
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
@@ -211,8 +212,8 @@ class _StopFlag:
     help=f"Stop after this many seconds of training. With no stop option: {DEFAULT_MAX_TIME_S:g}.",
 )
 @click.option("--epochs", type=float, help="Stop after this many passes over the training split.")
-@click.option("--eval-every", type=int, default=_T.eval_every, help="Validate (and checkpoint) every N steps.")
-@click.option("--eval-batch-size", type=int, default=_T.eval_batch_size, help="Lanes used for validation.")
+@config_option("--eval-every", help="Validate (and checkpoint) every N steps.")
+@config_option("--eval-batch-size", help="Lanes used for validation.")
 @click.option(
     "--checkpoint-every",
     type=CADENCE,
@@ -229,29 +230,12 @@ class _StopFlag:
     help="A step whose loss or gradient is NaN/inf, or whose loss spikes: skip its update (rolling back "
     "to the last checkpoint after --skip-limit in a row), roll back at once, or stop.",
 )
-@click.option(
-    "--spike-factor",
-    type=float,
-    default=_T.spike_factor,
-    help="A loss above this many times its recent average counts as a bad step (0: off).",
-)
-@click.option("--skip-limit", type=int, default=_T.skip_limit, help="Bad steps in a row that trigger a rollback.")
-@click.option(
-    "--max-rollbacks",
-    type=int,
-    default=_T.max_rollbacks,
-    help="Rollbacks in a row (no recovery between) before the run gives up.",
-)
-@click.option(
-    "--rollback-lr-factor",
-    type=float,
-    default=_T.rollback_lr_factor,
-    help="Each rollback multiplies the learning rate by this.",
-)
-@click.option("--log-every", type=int, default=_T.log_every, help="Log training loss every N steps.")
-@click.option(
-    "--sample-length", type=int, default=_T.sample_length, help="Tokens of sample text printed at the end (0: none)."
-)
+@config_option("--spike-factor", help="A loss above this many times its recent average counts as a bad step (0: off).")
+@config_option("--skip-limit", help="Bad steps in a row that trigger a rollback.")
+@config_option("--max-rollbacks", help="Rollbacks in a row (no recovery between) before the run gives up.")
+@config_option("--rollback-lr-factor", help="Each rollback multiplies the learning rate by this.")
+@config_option("--log-every", help="Log training loss every N steps.")
+@config_option("--sample-length", help="Tokens of sample text printed at the end (0: none).")
 @click.pass_context
 def train(ctx: click.Context, **options: Any) -> None:
     """Train a recurrent language model on a corpus; write a self-contained run directory.
@@ -294,7 +278,7 @@ def _train(
     shape = ModelShape(**{name: options.pop(name) for name in SHAPE_OPTIONS})
     _apply_cadence(options)
     with naming_environment(ctx):
-        run = LanguageModelRun.start(options, shape, given, out, resume, overwrite, world)
+        run = LanguageModelRun.start(options, shape, given, out, resume, overwrite, world=world)
 
     corpus = run.prepare_corpus(on_stage=console.note)
     for note in corpus.notes:

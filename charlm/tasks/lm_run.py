@@ -130,18 +130,10 @@ class LanguageModelRun:
         self.run_dir: Optional[RunDirectory] = None
 
     @classmethod
-    def start(
-        cls,
-        options: dict[str, Any],
-        shape: ModelShape,
-        given: Iterable[str] = (),
-        out: Optional[Path] = None,
-        resume: bool = False,
-        overwrite: bool = False,
-        world: World = SINGLE,
-    ) -> "LanguageModelRun":
-        """plan_run on rank 0 (only it reads the run folder), its plan sent to every process."""
-        plan = plan_run(options, shape, given, out, resume, overwrite) if world.is_main else None
+    def start(cls, *request: Any, world: World = SINGLE, **named: Any) -> "LanguageModelRun":
+        """plan_run(*request, **named) on rank 0 (only it reads the run folder), its plan
+        sent to every process."""
+        plan = plan_run(*request, **named) if world.is_main else None
         return cls(distributed.broadcast(world, plan), world)
 
     def prepare_corpus(self, on_stage: Optional[Callable[[str], None]] = None) -> PreparedCorpus:

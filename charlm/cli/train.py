@@ -8,12 +8,13 @@ step with a checkpoint; under torchrun, a process that lost its peers says so in
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import click
 
@@ -49,12 +50,12 @@ SHAPE_OPTIONS = tuple(f.name for f in dataclasses.fields(ModelShape))
 RUN_OPTIONS = ("out", "resume", "overwrite")
 
 
-def config_option(*flags: str, help: str):
-    """A numeric option whose type and default are those of the config field of its name
-    (ModelShape's for the model's shape, else TrainConfig's)."""
+def config_option(*flags: str, help: str, type: Optional[click.ParamType] = None):
+    """An option whose default is the config field of its name (ModelShape's for the
+    model's shape, else TrainConfig's), and whose type is the field's unless given."""
     name = next(flag for flag in flags if flag.startswith("--"))[2:].replace("-", "_")
     default = getattr(_M if name in SHAPE_OPTIONS else _T, name)
-    return click.option(*flags, type=type(default), default=default, help=help)
+    return click.option(*flags, type=type or builtins.type(default), default=default, help=help)
 
 
 _TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -156,7 +157,7 @@ class _StopFlag:
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
-@click.option("--tokenizer", type=click.Choice(TOKENIZERS), default=_T.tokenizer, help="How text becomes tokens.")
+@config_option("--tokenizer", type=click.Choice(TOKENIZERS), help="How text becomes tokens.")
 @config_option("--vocab-size", help="SentencePiece vocabulary size (above 260).")
 @click.option(
     "--spm-model",
@@ -165,13 +166,12 @@ class _StopFlag:
     default=_T.spm_model_type,
     help="SentencePiece model type.",
 )
-@click.option(
+@config_option(
     "--encoding-errors",
     type=click.Choice(ENCODING_ERRORS),
-    default=_T.encoding_errors,
     help="What to do with bytes that are not UTF-8: stop with their position, or replace them with U+FFFD.",
 )
-@click.option("--cell", type=click.Choice(CELLS + ("rnn",)), default=_M.cell, help="Recurrent cell (rnn = rnn-tanh).")
+@config_option("--cell", type=click.Choice(CELLS + ("rnn",)), help="Recurrent cell (rnn = rnn-tanh).")
 @config_option("--layers", help="Stacked recurrent layers (L).")
 @config_option("--hidden", help="Hidden width (H).")
 @config_option("--embed", help="Embedding width (E).")
@@ -185,14 +185,13 @@ class _StopFlag:
 @config_option("--warmup-steps", help="Linear warmup steps.")
 @config_option("--weight-decay", help="AdamW weight decay on weight matrices.")
 @config_option("--grad-clip", help="Clip the gradient norm to this (0: off).")
-@click.option(
+@config_option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    default=_T.precision,
     help="auto: bf16 where the hardware has it (CUDA from Ampere on, or a CPU with AVX512-BF16/AMX), "
     "else fp16 with a GradScaler on a GPU and fp32 on a CPU.",
 )
-@click.option("--device", type=click.Choice(DEVICES), default=_T.device, help="auto picks CUDA when present.")
+@config_option("--device", type=click.Choice(DEVICES), help="auto picks CUDA when present.")
 @click.option(
     "--threads",
     type=int,
@@ -223,10 +222,9 @@ class _StopFlag:
     help="Also checkpoint every N steps and/or every TIME (e.g. 90s, 10m, 2h); repeat to give both. "
     "Given values replace both defaults.",
 )
-@click.option(
+@config_option(
     "--on-divergence",
     type=click.Choice(DIVERGENCE_ACTIONS),
-    default=_T.on_divergence,
     help="A step whose loss or gradient is NaN/inf, or whose loss spikes: skip its update (rolling back "
     "to the last checkpoint after --skip-limit in a row), roll back at once, or stop.",
 )

@@ -8,6 +8,9 @@
   * The task interface: a small sequence classifier written here (no carried state,
     labelled batches, validation by accuracy) trains under the unchanged Engine, checkpoints
     its own state, and is judged by the guard like any task.
+  * The engine's parts after a rollback: position, log, guard and counts are the
+    checkpoint's, the learning-rate scale is lowered and the skips still count, and the
+    engine's attributes (step, max_steps, lr_scale, ...) read and set its parts'.
 """
 
 from __future__ import annotations
@@ -193,3 +196,29 @@ def test_a_classifier_task_trains_under_the_unchanged_engine(tmp_path):
     saved = run.load_trainer_state()
     assert saved["format"] == 4 and saved["task"] == {"examples": 128} and saved["step"] == 160
     assert saved["best_val_loss"] == result.best_val_loss == min(e["loss"] for e in evals)
+
+
+
+def test_a_rollback_puts_every_part_of_the_engine_back_at_the_checkpoint(tmp_path):
+    """NaN weights before step 12 make steps 12 and 13 bad; the second (skip_limit 2) rolls
+    back to the checkpoint at step 8: the position, the log and the guard are the
+    checkpoint's, the learning rate is halved, the skips still count, and the run ends with
+    finite weights and a trainer state that says all of it."""
+    corpus = make_corpus(tmp_path, word_text(3000))
+    events: list = []
+    train = dict(max_steps=24, log_every=4, eval_every=1000, checkpoint_every=8, skip_limit=2)
+    trainer = new_trainer(tmp_path / "run", corpus, train=train, events=events, faults=FaultPlan("nan-weights@12"))
+    trainer.max_steps = 20  # the stop limits are the engine's position's, and can be set through the engine
+    result = trainer.run()
+    assert result.step == trainer.step == trainer.position.step == 20
+    assert [(e["step"], e["action"]) for e in of_kind(events, "bad_step")] == [(12, "skip"), (13, "rollback")]
+    rollback = of_kind(events, "rollback")
+    assert [(e["step"], e["to_step"], e["lr_scale"], e["in_a_row"]) for e in rollback] == [(13, 8, 0.5, 1)]
+    train_events = of_kind(events, "train")
+    assert [e["step"] for e in train_events] == [4, 8, 12, 12, 16, 20]  # steps 9-12 done twice
+    assert train_events[2]["skipped"] == 1 and "skipped" not in train_events[3]
+    assert (trainer.lr_scale, trainer.skipped_steps, trainer.rollbacks) == (0.5, 2, 1)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    saved = RunDirectory(tmp_path / "run").load_trainer_state()
+    assert (saved["step"], saved["lr_scale"], saved["skipped_steps"], saved["rollbacks"]) == (20, 0.5, 2, 1)
+    assert saved["guard"]["bad_streak"] == 0 and trainer.trainer_state()["step"] == 20

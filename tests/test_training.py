@@ -522,7 +522,7 @@ def test_on_divergence_stop_gives_up_at_the_first_bad_step(tmp_path):
 def test_tokens_per_second_after_a_resume_counts_only_the_steps_this_session_timed(tmp_path, monkeypatch):
     """The log accumulators come back from the checkpoint (steps 11-15 of the interval to 20),
     but the clock of those steps does not: the first rate after a resume must not count them."""
-    import charlm.training.loop as loop_module
+    import charlm.training.position as loop_module
 
     clock = iter(float(i) for i in range(10**6))  # every reading of the clock is one second later
     monkeypatch.setattr(loop_module.time, "perf_counter", lambda: next(clock))

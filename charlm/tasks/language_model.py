@@ -20,7 +20,7 @@ a task. Its `state`, `batcher` and `val_tokens` are the task's.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -38,9 +38,7 @@ from charlm.text.corpus import PreparedCorpus
 from charlm.text.tokenizer import context_token_id
 from charlm.training import distributed
 from charlm.training.distributed import SINGLE, World
-from charlm.training.engine import Engine
-from charlm.training.faults import FaultPlan
-from charlm.training.loop import TrainResult
+from charlm.training.engine import Engine, TrainResult
 
 __all__ = ["LanguageModelTask", "Trainer", "TrainResult", "tokens_fingerprint"]
 
@@ -175,25 +173,14 @@ class LanguageModelTask:
 
 
 class Trainer(Engine):
-    """The training engine with the language-model task: charlm's `train`."""
+    """The training engine with the language-model task: charlm's `train`. The options after
+    `precision` are the Engine's, by keyword: on_event, should_stop, faults, world, check_every."""
 
-    def __init__(
-        self,
-        model_config: ModelConfig,
-        config: TrainConfig,
-        corpus: PreparedCorpus,
-        run_dir: RunDirectory,
-        device: torch.device,
-        precision: str,
-        on_event: Optional[Callable[[dict[str, Any]], None]] = None,
-        should_stop: Optional[Callable[[], bool]] = None,
-        faults: Optional[FaultPlan] = None,
-        world: World = SINGLE,
-        check_every: Optional[int] = None,
-    ):
+    def __init__(self, model_config: ModelConfig, config: TrainConfig, corpus: PreparedCorpus, run_dir: RunDirectory,
+                 device: torch.device, precision: str, **options: Any):  # fmt: skip
         self.corpus = corpus
-        task = LanguageModelTask(model_config, config, corpus, device, precision, world)
-        super().__init__(task, config, run_dir, device, precision, on_event, should_stop, faults, world, check_every)
+        task = LanguageModelTask(model_config, config, corpus, device, precision, options.get("world", SINGLE))
+        super().__init__(task, config, run_dir, device, precision, **options)
 
     @property
     def state(self) -> Optional[states.State]:

@@ -63,13 +63,15 @@ class EventLog:
 
 
 class Checkpointer:
-    """Writes and reads the run directory's checkpoints for the engine."""
+    """Writes and reads the run directory's checkpoints for the engine, and knows the step
+    of the last one (`last_step`, None until one is written or read)."""
 
     def __init__(self, run_dir: RunDirectory, world: World, device: torch.device, events: EventLog):
         self.run_dir = run_dir
         self.world = world
         self.device = device
         self.events = events
+        self.last_step: Optional[int] = None  # of the checkpoint written or read last, in this session
 
     @property
     def where(self) -> str:
@@ -81,10 +83,10 @@ class Checkpointer:
         return distributed.gather(self.world, rngstate.capture(self.device))
 
     def save(self, model: torch.nn.Module, step: int, val_loss: Optional[float], best: bool,
-             state: Callable[[int], TrainerState], intact: Optional[int]) -> None:  # fmt: skip
+             state: Callable[[int], TrainerState]) -> None:  # fmt: skip
         """Checkpoint `model` at `step`: best weights first (when `best`), then last weights
-        with state(size of metrics.jsonl after the checkpoint event). `intact` is the step
-        of the checkpoint left in place if this one fails. Every process calls this."""
+        with state(size of metrics.jsonl after the checkpoint event). Every process calls this."""
+        intact = self.last_step  # left in place if this one fails
         event: dict[str, Any] = {"event": "checkpoint", "step": step, "which": [LAST, BEST] if best else [LAST]}
         if self.world.distributed:
             digests = distributed.gather(self.world, weights_digest(model))
@@ -95,6 +97,7 @@ class Checkpointer:
                 )
             event["weights_digests"] = digests
         if not self.world.is_main:
+            self.last_step = step
             return
         meta = {"step": step, "val_loss": val_loss}
         try:
@@ -109,6 +112,7 @@ class Checkpointer:
             else:
                 then = "nothing was saved: start the run again with --overwrite"
             raise CharlmError(f"{error}; {then}") from None
+        self.last_step = step
 
     def read_last(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(weights on the CPU, the trainer state as saved) of the last checkpoint, on every

@@ -23,8 +23,7 @@ from charlm.tasks.lm_run import LanguageModelRun  # noqa: E402
 from charlm.text.corpus import PreparedCorpus, prepare_corpus  # noqa: E402
 from charlm.text.sentencepiece import SentencePieceTokenizer  # noqa: E402
 from charlm.text.tokenizer import ByteTokenizer, CharTokenizer, load_tokenizer  # noqa: E402
-from charlm.training.engine import Engine  # noqa: E402
-from charlm.training.engine import TrainResult  # noqa: E402
+from charlm.training.engine import Engine, TrainResult  # noqa: E402
 from charlm.training.task import Task  # noqa: E402
 
 __all__ = [

@@ -8,6 +8,8 @@
   * The task interface: a small sequence classifier written here (no carried state,
     labelled batches, validation by accuracy) trains under the unchanged Engine, checkpoints
     its own state, and is judged by the guard like any task.
+  * A classifier task rolls back and resumes bit-exactly too: the engine reads a
+    checkpoint's weights for whatever model the task built, not only an RNNLM.
   * The engine's parts after a rollback: position, log, guard and counts are the
     checkpoint's, the learning-rate scale is lowered and the skips still count, and the
     engine's attributes (step, max_steps, lr_scale, ...) read and set its parts'.
@@ -222,3 +224,39 @@ def test_a_rollback_puts_every_part_of_the_engine_back_at_the_checkpoint(tmp_pat
     saved = RunDirectory(tmp_path / "run").load_trainer_state()
     assert (saved["step"], saved["lr_scale"], saved["skipped_steps"], saved["rollbacks"]) == (20, 0.5, 2, 1)
     assert saved["guard"]["bad_streak"] == 0 and trainer.trainer_state()["step"] == 20
+
+
+def test_a_classifier_task_rolls_back_and_resumes_exactly_under_the_unchanged_engine(tmp_path):
+    """Rollback and resume read the checkpoint's weights for whatever model the task built:
+    NaN weights before step 45 roll the classifier back to its step-40 checkpoint, and a run
+    interrupted after 30 steps and resumed by a new engine ends with the very weights,
+    losses and trainer state of the run that never stopped."""
+    config = TrainConfig(batch_size=16, seq_len=9, lr=3e-2, warmup_steps=1, max_steps=60, eval_every=20,
+                         log_every=5, checkpoint_every=20, skip_limit=2)  # fmt: skip
+
+    def engine(folder: str, events: list, **options: Any) -> Engine:
+        run = RunDirectory(tmp_path / folder)
+        if not run.path.exists():
+            run.prepare()
+        return Engine(ParityTask(), config, run, CPU, "fp32", on_event=events.append,
+                      faults=FaultPlan("nan-weights@45"), **options)  # fmt: skip
+
+    whole_events: list = []
+    whole = engine("whole", whole_events)
+    whole.run()
+    assert [(e["step"], e["to_step"]) for e in of_kind(whole_events, "rollback")] == [(46, 40)]
+    assert all(torch.isfinite(p).all() for p in whole.model.parameters())
+
+    calls: list = []
+    first_events: list = []
+    first = engine("stopped", first_events, should_stop=lambda: calls.append(1) or len(calls) > 30)
+    assert first.run().reason == "interrupted" and first.step == 30
+    resumed_events: list = []
+    resumed = engine("stopped", resumed_events)
+    resumed.resume()
+    assert resumed.step == 30
+    resumed.run()
+    assert same_weights(resumed.model, whole.model)
+    losses = [(e["step"], e["loss"]) for e in of_kind(first_events + resumed_events, "train")]
+    assert losses == [(e["step"], e["loss"]) for e in of_kind(whole_events, "train")]
+    assert RunDirectory(tmp_path / "stopped").load_trainer_state()["rollbacks"] == 1

@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model
 
@@ -57,9 +58,8 @@ def _shape(dims) -> str:
 
 
 def check_weights_file(path: Path, config: RunConfig) -> None:
-    """The tensors of a safetensors file against the model config.json describes: same
-    names (a tied matrix may be stored once), same shapes, floating point. Reads the header
-    only; the model is laid out on the meta device, which allocates nothing."""
+    """The tensors of a safetensors file against the model config.json describes (see
+    check_tensors). The model is laid out on the meta device, which allocates nothing."""
     try:
         with torch.device("meta"):
             expected = RNNLM(config.model)
@@ -68,10 +68,22 @@ def check_weights_file(path: Path, config: RunConfig) -> None:
             f"{path.parent.parent / CONFIG_FILE} describes a model that cannot be built ({first_line(exc)}); "
             f"restore the run's own {CONFIG_FILE}"
         ) from None
-    shapes = {name: tuple(p.shape) for name, p in expected.state_dict().items()}
-    aliases: dict[int, list[str]] = {}  # one entry per distinct tensor; tied weights share one
-    for name, param in expected.named_parameters(remove_duplicate=False):
+    check_tensors(path, expected)
+
+
+def _tied_names(model: torch.nn.Module) -> list[list[str]]:
+    """The state-dict names of each distinct parameter: tied weights share one entry."""
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(param), []).append(name)
+    return list(aliases.values())
+
+
+def check_tensors(path: Path, expected: torch.nn.Module) -> None:
+    """The tensors of a safetensors file against a model laid out as it should be: same
+    names (a tied matrix may be stored once), same shapes, floating point. Reads the header
+    only."""
+    shapes = {name: tuple(p.shape) for name, p in expected.state_dict().items()}
     fix = f"the checkpoint does not match {CONFIG_FILE} (from another run?): restore this run's own files"
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -92,7 +104,7 @@ def check_weights_file(path: Path, config: RunConfig) -> None:
             )
         if dtype not in FLOAT_DTYPES:
             raise CharlmError(f"{path}: tensor {key!r} is stored as {dtype}, not floating point; the file is damaged")
-    for names in aliases.values():
+    for names in _tied_names(expected):
         if not any(name in found for name in names):
             raise CharlmError(f"{path} lacks the tensor {names[0]!r} that the model in {CONFIG_FILE} needs; {fix}")
 
@@ -188,19 +200,49 @@ def load_model(
                     f"{path} cannot be loaded ({first_line(exc)}); "
                     f"the checkpoint is damaged or does not match {CONFIG_FILE}"
                 ) from None
-            for tensor_name, tensor in model.state_dict().items():
-                if not bool(torch.isfinite(tensor).all()):
-                    other = {BEST: LAST, LAST: BEST}[name]
-                    raise CharlmError(
-                        f"{path}: tensor {tensor_name!r} holds NaN or infinite values, so the model cannot "
-                        f"be used; try --checkpoint {other} or train again from an earlier checkpoint"
-                    )
+            _require_finite(path, model.state_dict().items(), name)
             return model.to(device), name
     raise CharlmError(
         f"{root} has no {' or '.join(order)} checkpoint yet (training has not saved one); "
         "train it until it checkpoints, or give another run"
     )
 
+
+def read_weights(root: Path, which: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of checkpoint `which` (best or last) for a model laid out like `model`,
+    whatever the task: a state dict on the CPU, checked as load_model checks a file (names,
+    shapes, floating point, finite values), for `model.load_state_dict` (resume, rollback)."""
+    folder = checkpoint_dir(root, which)
+    if folder is None:
+        raise CharlmError(
+            f"{root} has no {which} checkpoint yet (training has not saved one); "
+            "train it until it checkpoints, or give another run"
+        )
+    path = folder / WEIGHTS_FILE
+    require_regular_file(path, "the checkpoint is incomplete: copy the whole run folder")
+    check_tensors(path, model)
+    try:
+        weights = load_safetensors_file(str(path), device="cpu")
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise CharlmError(
+            f"{path} cannot be loaded ({first_line(exc)}); the checkpoint is damaged or does not match {CONFIG_FILE}"
+        ) from None
+    for names in _tied_names(model):  # a tied matrix is stored under one of its names
+        stored = next(weights[name] for name in names if name in weights)
+        for name in names:
+            weights.setdefault(name, stored)
+    _require_finite(path, weights.items(), which)
+    return weights
+
+
+def _require_finite(path: Path, tensors, which: str) -> None:
+    for tensor_name, tensor in tensors:
+        if not bool(torch.isfinite(tensor).all()):
+            other = {BEST: LAST, LAST: BEST}[which]
+            raise CharlmError(
+                f"{path}: tensor {tensor_name!r} holds NaN or infinite values, so the model cannot "
+                f"be used; try --checkpoint {other} or train again from an earlier checkpoint"
+            )
 
 def load_trainer_state(root: Path) -> dict[str, Any]:
     """last/trainer_state.pt through torch.load(weights_only=True): plain tensors and

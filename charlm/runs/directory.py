@@ -209,6 +209,10 @@ class RunDirectory:
         """The model config.json describes with the weights of checkpoint which (best, last or auto)."""
         return checkpoints.load_model(self.path, config or self.read_config(), which, device)
 
+    def read_weights(self, which: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Checkpoint which's weights for a model laid out like `model` (any task), checked."""
+        return checkpoints.read_weights(self.path, which, model)
+
     def load_trainer_state(self) -> dict[str, Any]:
         return checkpoints.load_trainer_state(self.path)
 

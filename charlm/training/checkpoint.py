@@ -114,14 +114,13 @@ class Checkpointer:
             raise CharlmError(f"{error}; {then}") from None
         self.last_step = step
 
-    def read_last(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(weights on the CPU, the trainer state as saved) of the last checkpoint, on every
-        process: rank 0 reads them and sends them to the others."""
+    def read_last(self, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(weights on the CPU for `model`, the trainer state as saved) of the last checkpoint,
+        on every process: rank 0 reads them and sends them to the others."""
         weights = saved = None
         if self.world.is_main:
             saved = self.run_dir.load_trainer_state()
-            model, _ = self.run_dir.load_model(LAST, device="cpu")
-            weights = model.state_dict()
+            weights = self.run_dir.read_weights(LAST, model)
         return distributed.broadcast(self.world, (weights, saved))
 
     def restore_rngs(self, state: TrainerState, seed: int) -> None:

@@ -241,7 +241,7 @@ class Engine:
 
     def _restore_last_checkpoint(self, keep_elapsed: bool = False) -> TrainerState:
         """Every part back at the last checkpoint; keep_elapsed leaves the time budget running."""
-        weights, saved = self.checkpoints.read_last()
+        weights, saved = self.checkpoints.read_last(self.model)
         where = self.checkpoints.where
         state = TrainerState.from_dict(saved, where)
         self.steps.load(weights, state, where)

@@ -1,18 +1,18 @@
 """The training engine apart from any task, and the trainer state it checkpoints.
 
-  * TrainerState: to_dict/from_dict round trip (format 4), and the formats 1, 2 and 3 that
-    older run folders hold: a real checkpoint rewritten in each older layout (3 is what
-    3fa6121 wrote) resumes and ends with the very weights of the format-4 resume, and from
-    format 2 on with the same logged losses. Unknown formats and damaged dicts are refused
-    in one line.
-  * The task interface: a small sequence classifier written here (no carried state,
-    labelled batches, validation by accuracy) trains under the unchanged Engine, checkpoints
-    its own state, and is judged by the guard like any task.
-  * A classifier task rolls back and resumes bit-exactly too: the engine reads a
-    checkpoint's weights for whatever model the task built, not only an RNNLM.
-  * The engine's parts after a rollback: position, log, guard and counts are the
-    checkpoint's, the learning-rate scale is lowered and the skips still count, and the
-    engine's attributes (step, max_steps, lr_scale, ...) read and set its parts'.
+* TrainerState: to_dict/from_dict round trip (format 4), and the formats 1, 2 and 3 that
+  older run folders hold: a real checkpoint rewritten in each older layout (3 is what
+  3fa6121 wrote) resumes and ends with the very weights of the format-4 resume, and from
+  format 2 on with the same logged losses. Unknown formats and damaged dicts are refused
+  in one line.
+* The task interface: a small sequence classifier written here (no carried state,
+  labelled batches, validation by accuracy) trains under the unchanged Engine, checkpoints
+  its own state, and is judged by the guard like any task.
+* A classifier task rolls back and resumes bit-exactly too: the engine reads a
+  checkpoint's weights for whatever model the task built, not only an RNNLM.
+* The engine's parts after a rollback: position, log, guard and counts are the
+  checkpoint's, the learning-rate scale is lowered and the skips still count, and the
+  engine's attributes (step, max_steps, lr_scale, ...) read and set its parts'.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def test_trainer_state_round_trips_through_a_dict():
 
 
 def test_unknown_and_damaged_states_are_refused_in_one_line():
-    with pytest.raises(CharlmError, match=r"has trainer-state format 9, which this charlm cannot resume \(it reads 1, 2, 3, 4\)"):
+    with pytest.raises(
+        CharlmError, match=r"has trainer-state format 9, which this charlm cannot resume \(it reads 1, 2, 3, 4\)"
+    ):
         TrainerState.from_dict({**_state().to_dict(), "format": 9}, "last/trainer_state.pt")
     damaged = _state().to_dict()
     del damaged["epoch"]
@@ -198,7 +200,6 @@ def test_a_classifier_task_trains_under_the_unchanged_engine(tmp_path):
     saved = run.load_trainer_state()
     assert saved["format"] == 4 and saved["task"] == {"examples": 128} and saved["step"] == 160
     assert saved["best_val_loss"] == result.best_val_loss == min(e["loss"] for e in evals)
-
 
 
 def test_a_rollback_puts_every_part_of_the_engine_back_at_the_checkpoint(tmp_path):

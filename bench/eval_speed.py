@@ -20,7 +20,8 @@ from common import SHAKESPEARE as SHARED
 from charlm.config import ModelConfig
 from charlm.hardware import autocast, cpu_supports_bf16
 from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
-from charlm.models.rnnlm import RNNLM, detach_state
+from charlm.models import state as states
+from charlm.models.rnnlm import RNNLM
 
 
 def corpus_ids(megabytes: float) -> np.ndarray:
@@ -44,7 +45,7 @@ def bare_forward(model: RNNLM, ids: np.ndarray, lanes: int, precision: str) -> f
         for x in windows:
             with autocast(torch.device("cpu"), precision):
                 _, state = model(x, state)
-            state = detach_state(state)
+            state = states.detach(state)
         return time.perf_counter() - started
 
 

@@ -20,7 +20,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Iterator, Union
 
 from charlm.errors import CharlmError
 
@@ -83,12 +83,6 @@ def temporary_folder(parent: PathLike, prefix: str) -> Path:
 def atomic_write_bytes(target: PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
-
-
-def atomic_write_with(target: PathLike, writer: Callable[[Path], None]) -> None:
-    """Run writer(tmp_path) and move the result onto target atomically."""
-    with atomic_path(target) as tmp:
-        writer(tmp)
 
 
 KIB, MIB = 1 << 10, 1 << 20

@@ -16,7 +16,8 @@ from torch import nn
 
 from charlm.config import CELLS, ModelConfig
 from charlm.errors import CharlmError
-from charlm.models.rnnlm import RNNLM, detach_state, state_from_tensors, state_tensors
+from charlm.models import state as states
+from charlm.models.rnnlm import RNNLM
 
 ALL_CELLS = list(CELLS) + ["rnn"]  # "rnn" is an alias of rnn-tanh
 V = 11  # vocabulary size used throughout
@@ -66,10 +67,10 @@ def test_init_state_matches_forward_state_and_equals_no_state(cell):
         logits_zero, state_zero = model(x, zero)
     # an explicit zero state is the same as no state
     torch.testing.assert_close(logits_zero, logits_none)
-    for a, b in zip(state_tensors(state_zero), state_tensors(state_none)):
+    for a, b in zip(states.to_tensors(state_zero), states.to_tensors(state_none)):
         assert a.shape == b.shape == (L, B, H)
         torch.testing.assert_close(a, b)
-    for t in state_tensors(zero):
+    for t in states.to_tensors(zero):
         assert t.shape == (L, B, H)
         assert torch.count_nonzero(t) == 0
 
@@ -95,9 +96,9 @@ def test_initialisation_keeps_an_untied_embedding_at_unit_scale():
 
 def test_state_tensors_round_trip():
     h, c = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
-    pair = state_from_tensors(state_tensors((h, c)), "lstm")
+    pair = states.from_tensors(states.to_tensors((h, c)))
     assert isinstance(pair, tuple) and pair[0] is h and pair[1] is c
-    single = state_from_tensors(state_tensors(h), "gru")
+    single = states.from_tensors(states.to_tensors(h))
     assert single is h
 
 
@@ -157,7 +158,7 @@ def test_carried_state_equals_one_long_forward(cell, tie):
         second_logits, end_state = model(x[:, split:], state)
         restarted_logits, _ = model(x[:, split:])  # the second half without the carried state
     torch.testing.assert_close(torch.cat([first_logits, second_logits], dim=1), full_logits, rtol=1e-5, atol=1e-5)
-    for a, b in zip(state_tensors(end_state), state_tensors(full_state)):
+    for a, b in zip(states.to_tensors(end_state), states.to_tensors(full_state)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # and the state really matters: dropping it changes the second half
     assert not torch.allclose(restarted_logits, second_logits, atol=1e-4)
@@ -170,11 +171,11 @@ def test_carried_state_equals_one_long_forward(cell, tie):
 def test_detach_state_cuts_graph(cell):
     model = make_model(cell=cell, layers=2)
     _, state = model(tokens(2, 6))
-    for t in state_tensors(state):
+    for t in states.to_tensors(state):
         assert t.grad_fn is not None  # precondition: the state is part of the graph
-    detached = detach_state(state)
+    detached = states.detach(state)
     assert type(detached) is type(state)
-    for before, after in zip(state_tensors(state), state_tensors(detached)):
+    for before, after in zip(states.to_tensors(state), states.to_tensors(detached)):
         assert after.grad_fn is None
         assert not after.requires_grad
         assert after.dtype == torch.float32
@@ -185,13 +186,13 @@ def test_detach_state_turns_bf16_into_float32():
     h = torch.randn(2, 3, 4, requires_grad=True)
     c = torch.randn(2, 3, 4, requires_grad=True)
     h16, c16 = (h * 2).to(torch.bfloat16), (c * 2).to(torch.bfloat16)
-    out = detach_state((h16, c16))
+    out = states.detach((h16, c16))
     assert isinstance(out, tuple) and len(out) == 2
     for original, t in zip((h16, c16), out):
         assert t.dtype == torch.float32
         assert t.grad_fn is None and not t.requires_grad
         assert torch.equal(t, original.detach().float())
-    single = detach_state(h16)
+    single = states.detach(h16)
     assert isinstance(single, torch.Tensor)
     assert single.dtype == torch.float32 and single.grad_fn is None
     assert torch.equal(single, h16.detach().float())
@@ -202,7 +203,7 @@ def test_gradient_stops_at_detached_state():
     x = tokens(2, 4)
     _, state = model(x[:, :2])
     state.retain_grad()
-    logits, _ = model(x[:, 2:], detach_state(state))
+    logits, _ = model(x[:, 2:], states.detach(state))
     logits.sum().backward(retain_graph=True)
     # the second window's loss does not reach into the first window's graph ...
     assert state.grad is None

@@ -39,7 +39,7 @@ from charlm.errors import CharlmError
 from charlm.hardware import cpu_supports_bf16
 from charlm.inference.generate import Generator
 from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
-from charlm.models.rnnlm import state_tensors
+from charlm.models import state as states
 from charlm.runs.directory import BEST, LAST, METRICS_FILE, RunDirectory
 from charlm.tasks.language_model import Trainer
 from charlm.text.tokenizer import context_token_id
@@ -105,7 +105,7 @@ def test_state_is_detached_carried_within_epoch_and_reset_at_epoch_start(tmp_pat
     def record(module, args, output):
         if module.training:
             state_in = args[1] if len(args) > 1 else None
-            calls.append((state_in, tuple(t.detach().clone() for t in state_tensors(output[1]))))
+            calls.append((state_in, tuple(t.detach().clone() for t in states.to_tensors(output[1]))))
 
     handle = trainer.model.register_forward_hook(record)
     try:
@@ -123,7 +123,7 @@ def test_state_is_detached_carried_within_epoch_and_reset_at_epoch_start(tmp_pat
             continue
         assert state_in is not None, f"step {index + 1} lost the carried state"
         previous_out = calls[index - 1][1]
-        for t, expected in zip(state_tensors(state_in), previous_out):
+        for t, expected in zip(states.to_tensors(state_in), previous_out):
             assert t.grad_fn is None and not t.requires_grad
             assert t.dtype == torch.float32
             assert t.shape == (2, B, 16)
@@ -131,7 +131,7 @@ def test_state_is_detached_carried_within_epoch_and_reset_at_epoch_start(tmp_pat
             assert torch.equal(t, expected)  # the state the previous window left, unchanged
 
     assert trainer.state is not None
-    for t in state_tensors(trainer.state):
+    for t in states.to_tensors(trainer.state):
         assert t.grad_fn is None and not t.requires_grad
         assert torch.count_nonzero(t) > 0
 
@@ -169,7 +169,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, cell):
     assert result_b.step == 2 * N and result_b.reason == "max_steps"
 
     assert same_weights(trainer_a.model, trainer_b.model)
-    for a, b in zip(state_tensors(trainer_a.state), state_tensors(trainer_b.state)):
+    for a, b in zip(states.to_tensors(trainer_a.state), states.to_tensors(trainer_b.state)):
         assert torch.equal(a, b)
     assert result_a.best_val_loss == result_b.best_val_loss
     assert result_a.last_val_loss == result_b.last_val_loss
@@ -475,7 +475,7 @@ def test_bf16_autocast_trains_with_finite_loss(tmp_path):
     losses = [e["loss"] for e in of_kind(events, "train")]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     assert math.isfinite(result.last_val_loss)
-    for t in state_tensors(trainer.state):
+    for t in states.to_tensors(trainer.state):
         assert t.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
 

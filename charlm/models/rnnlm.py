@@ -20,8 +20,6 @@ from torch import nn
 from charlm.config import ModelConfig
 from charlm.models import state as states
 from charlm.models.state import State
-from charlm.models.state import detach as detach_state  # noqa: F401  (its older name, still imported)
-from charlm.models.state import to_tensors as state_tensors  # noqa: F401  (likewise)
 
 
 class RNNLM(nn.Module):
@@ -73,11 +71,6 @@ class RNNLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def state_from_tensors(tensors: list[torch.Tensor], cell: str) -> State:
-    """A `cell` state from its tensors (states.from_tensors, under its older name)."""
-    return states.from_tensors(tensors[: states.tensor_count(cell)])
 
 
 _GATES = {"lstm": 4, "gru": 3, "rnn-tanh": 1, "rnn-relu": 1}

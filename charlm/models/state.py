@@ -88,9 +88,5 @@ class LaneShare:
         """This share [start, stop) of `lanes` lanes: as even as possible, in order."""
         return self.index * lanes // self.count, (self.index + 1) * lanes // self.count
 
-    @property
-    def is_last(self) -> bool:
-        return self.index == self.count - 1
-
 
 WHOLE = LaneShare()

@@ -58,12 +58,9 @@ def _part(part: str, name: str) -> property:
 
 
 class Engine:
-    """Trains `task` under `config` into `run_dir`; see the module docstring.
-
-    config is a TrainConfig; the engine reads its seed, lr, min_lr_ratio, warmup_steps,
-    weight_decay, grad_clip, spike_factor, on_divergence, skip_limit, max_rollbacks,
-    rollback_lr_factor, log_every, eval_every, checkpoint_every, checkpoint_seconds,
-    compile and stop limits (max_steps, max_time, epochs); the rest is the task's."""
+    """Trains `task` under `config` (a TrainConfig) into `run_dir`; see the module docstring.
+    The engine reads the seed, optimisation, guard, cadence, compile and stop fields of the
+    config; the rest (the data, the batches, the model's shape) is the task's."""
 
     # what the facade, the CLI and the tests read (and a few set) on the engine
     step, epoch, window = _part("position", "step"), _part("position", "epoch"), _part("position", "window")

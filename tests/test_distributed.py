@@ -392,3 +392,20 @@ def test_nan_weights_under_torchrun_roll_every_process_back_together(workspace):
         assert len(set(checkpoint["weights_digests"])) == 1, checkpoint
     model, _ = RunDirectory(out).load_model(LAST)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_a_run_that_gives_up_under_torchrun_says_to_resume_under_torchrun(workspace):
+    """The engine's own messages word the resume command as the CLI's do: under torchrun,
+    a torchrun command (before, the trainer's copy printed a one-process command)."""
+    root, corpus, _ = workspace
+    out = root / "gives-up"
+    faults = child_env(root / "data", CHARLM_FAULTS="nan-loss@25")
+    done = run(torchrun("train", "--data", str(corpus), *OPTIONS, "--on-divergence", "stop", "--out", str(out)),
+               faults, root)  # fmt: skip
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("charlm: error: training diverged")]
+    assert len(errors) == 1, done.stderr  # rank 0's; the other process marks its copy with its rank
+    assert f"continue it with a lower --lr, e.g. torchrun ... -m charlm train --out {out} --resume --lr " in errors[0]
+    assert errors[0].endswith("(any number of processes) (or try --precision fp32)"), errors[0]
+    assert RunDirectory(out).load_trainer_state()["step"] == 20  # the checkpoint it names is there

@@ -136,6 +136,26 @@ def test_a_value_from_the_environment_is_named_by_its_variable(tmp_path):
                      "(set by the environment variable CHARLM_TRAIN_WARMUP_STEPS)")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "command, variable, value, expected",
+    [
+        (
+            "generate",
+            "CHARLM_GENERATE_TEMPERATURE",
+            "-1",
+            "--temperature must be 0 (greedy) or a finite positive number",
+        ),
+        ("generate", "CHARLM_GENERATE_NUM_SAMPLES", "0", "--num-samples must be at least 1 (got 0)"),
+    ],
+)
+def test_generate_names_the_variable_a_bad_value_came_from(tmp_path, command, variable, value, expected):
+    result = invoke(command, str(tmp_path / "no-run"), env={variable: value})
+    error = assert_user_error(result, status=1)
+    assert error.startswith(f"charlm: error: {expected}") and error.endswith(
+        f"(set by the environment variable {variable})"
+    )
+
+
 # ----- CHARLM_DEBUG --------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from charlm.cli.console import Console
 from charlm.cli.errors import (
     one_process_only,
 )
-from charlm.cli.options import CONTEXT, require_threads, run_weights_options
+from charlm.cli.options import CONTEXT, names_the_environment, require_threads, run_weights_options
 from charlm.config import (
     MAX_SEED,
     SampleConfig,
@@ -90,6 +90,7 @@ def _unescape(text: str) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample instead of plain text.")
 @run_weights_options
+@names_the_environment
 def generate(
     run: Path,
     prompt: str,

@@ -5,6 +5,7 @@ the environment variable it came from)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Optional
 
 import click
@@ -78,3 +79,14 @@ def naming_environment(ctx: click.Context):
         if envvar is None:
             raise
         raise exc.within(after=f" (set by the environment variable {envvar})") from exc
+
+
+def names_the_environment(command):
+    """Run a command's body under naming_environment (for commands that take no context)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        with naming_environment(click.get_current_context()):
+            return command(*args, **kwargs)
+
+    return wrapper

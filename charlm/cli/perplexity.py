@@ -12,7 +12,7 @@ from charlm.cli.console import Console, print_line_scores, print_score
 from charlm.cli.errors import (
     one_process_only,
 )
-from charlm.cli.options import CONTEXT, require_threads, run_weights_options
+from charlm.cli.options import CONTEXT, names_the_environment, require_threads, run_weights_options
 from charlm.config import (
     ENCODING_ERRORS,
 )
@@ -66,6 +66,7 @@ from charlm.text.inputs import read_data, read_data_lines
     help="What to do with bytes that are not UTF-8 in --data.",
 )
 @run_weights_options
+@names_the_environment
 def perplexity(
     run: Path,
     data: Optional[str],

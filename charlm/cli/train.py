@@ -37,7 +37,6 @@ from charlm.config import (
 )
 from charlm.errors import CharlmError, first_line
 from charlm.inference.generate import Generator
-from charlm.runs.open import open_run
 from charlm.tasks.lm_run import LanguageModelRun
 from charlm.text.corpora import DEFAULT_CORPUS
 from charlm.training import distributed
@@ -305,9 +304,8 @@ def _train(
         return EXIT_INTERRUPTED
     train_config, device = run.train, run.device
     if train_config.sample_length > 0 and world.is_main:
-        opened = open_run(run_dir.path, "auto", device)
-        console.heading(f"sample from the {opened.checkpoint} checkpoint:")
-        generator = Generator(opened.model, opened.tokenizer, device)
+        generator = Generator(run_dir.path, device=device)  # opens the run: best weights, else last
+        console.heading(f"sample from the {generator.checkpoint} checkpoint:")
         sample = generator.generate("", train_config.sample_length, config=SampleConfig(), seed=train_config.seed)
         for _, text in sample:
             console.write_text(text)

@@ -24,11 +24,15 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 ENCODING_ERRORS = ("strict", "replace")
 DIVERGENCE_ACTIONS = ("skip", "rollback", "stop")
+# standard: fresh dropout masks at every position; locked: one mask per lane for all T steps
+DROPOUT_KINDS = ("standard", "locked")
 
 MAX_SEED = 1 << 63
 MAX_SPM_VOCAB = 1_000_000
 # Used when the user sets none of --max-steps, --max-time, --epochs.
 DEFAULT_MAX_TIME_S = 300.0
+# Tokens each validation pass during training scores at most (0: all); the closing one scores all.
+DEFAULT_EVAL_TOKENS = 65_536
 
 
 def _check_types(obj) -> None:
@@ -84,6 +88,10 @@ class ModelShape(_Options):
     embed: int = 64
     dropout: float = 0.1
     tie_weights: bool = False
+    # regularisers, all off by default; a config.json from before them loads with them off
+    dropout_kind: str = "standard"  # how --dropout draws its masks: DROPOUT_KINDS
+    weight_dropout: float = 0.0  # DropConnect on the hidden-to-hidden weights, one mask per batch
+    embed_dropout: float = 0.0  # whole token types dropped from the embedding, per batch
 
     def __post_init__(self) -> None:
         self.cell = CELL_ALIASES.get(self.cell, self.cell)
@@ -94,7 +102,14 @@ class ModelShape(_Options):
         check(self.layers >= 1, "layers", f"must be at least 1 (got {self.layers})")
         check(self.hidden >= 1, "hidden", f"must be at least 1 (got {self.hidden})")
         check(self.embed >= 1, "embed", f"must be at least 1 (got {self.embed})")
-        check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1) (got {self.dropout})")
+        check(
+            self.dropout_kind in DROPOUT_KINDS,
+            "dropout_kind",
+            f"must be one of {', '.join(DROPOUT_KINDS)} (got {self.dropout_kind!r})",
+        )
+        for name in ("dropout", "weight_dropout", "embed_dropout"):
+            value = getattr(self, name)
+            check(0.0 <= value < 1.0, name, f"must be in [0, 1) (got {value})")
 
     def with_vocabulary(self, vocab_size: int) -> "ModelConfig":
         """The whole model configuration, once the tokenizer says how many ids there are."""
@@ -114,6 +129,9 @@ class ModelConfig(_Options):
     embed: int = ModelShape.embed
     dropout: float = ModelShape.dropout
     tie_weights: bool = ModelShape.tie_weights
+    dropout_kind: str = ModelShape.dropout_kind
+    weight_dropout: float = ModelShape.weight_dropout
+    embed_dropout: float = ModelShape.embed_dropout
 
     def __post_init__(self) -> None:
         self.cell = CELL_ALIASES.get(self.cell, self.cell)
@@ -162,9 +180,12 @@ class TrainConfig(_Options):
     max_steps: Optional[int] = None
     max_time: Optional[float] = None
     epochs: Optional[float] = None
+    # the model's size (and batch and learning rate) chosen for the budget, unless given
+    auto_size: bool = True
     # cadence
     eval_every: int = 500
     eval_batch_size: int = 16
+    eval_tokens: int = DEFAULT_EVAL_TOKENS
     checkpoint_every: Optional[int] = 1000
     checkpoint_seconds: Optional[float] = 600.0
     log_every: int = 50
@@ -218,6 +239,7 @@ class TrainConfig(_Options):
         check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive (got {self.epochs})")
         check(self.eval_every >= 1, "eval_every", f"must be at least 1 (got {self.eval_every})")
         check(self.eval_batch_size >= 1, "eval_batch_size", f"must be at least 1 (got {self.eval_batch_size})")
+        check(self.eval_tokens >= 0, "eval_tokens", f"must be 0 (all) or more (got {self.eval_tokens})")
         check(
             self.checkpoint_every is None or self.checkpoint_every >= 1,
             "checkpoint_every",

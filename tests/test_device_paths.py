@@ -122,7 +122,7 @@ def _train_with(tmp_path, name, corpus, check_every, faults, **train):
 
 
 def _without_timing(events: list[dict]) -> list[dict]:
-    drop = {"time", "tokens_per_s", "elapsed", "progress"}
+    drop = {"time", "tokens_per_s", "elapsed", "progress", "seconds"}
     return [{k: v for k, v in e.items() if k not in drop} for e in events]
 
 

@@ -162,7 +162,7 @@ class ParityTask:
     def end_step(self, bad: torch.Tensor) -> None:
         pass
 
-    def validate(self, model: torch.nn.Module) -> Optional[dict[str, Any]]:
+    def validate(self, model: torch.nn.Module, complete: bool = True) -> Optional[dict[str, Any]]:
         with torch.no_grad():
             logits = model(self.val_x)
         return {"loss": float(F.cross_entropy(logits, self.val_y)),

@@ -212,6 +212,11 @@ class _StopFlag:
 @click.option("--epochs", type=float, help="Stop after this many passes over the training split.")
 @config_option("--eval-every", help="Validate (and checkpoint) every N steps.")
 @config_option("--eval-batch-size", help="Lanes used for validation.")
+@config_option(
+    "--eval-tokens",
+    help="Tokens each validation pass during training scores at most, a sample spread over the split "
+    "(0: all); the closing validation always scores all of it.",
+)
 @click.option(
     "--checkpoint-every",
     type=CADENCE,

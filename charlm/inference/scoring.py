@@ -13,6 +13,9 @@ The method (used both for validation during training and by `charlm perplexity`)
     B = 1 every token is conditioned on all the text before it.
   * Each lane runs in windows of T tokens with the state carried across windows, so the
     result does not depend on T (beyond float rounding).
+  * A sample of the text (validation during training) is its first W windows of every lane:
+    spread over the whole text, and exactly the running total a full pass has after W
+    windows, which a full pass reports beside its own (Score.prefix).
 
 Units, from the total NLL in nats over the scored text:
     loss (nats/token) = NLL / tokens          perplexity = exp(loss)
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +55,8 @@ class Score:
     unknown: int = 0  # tokens scored as the unknown symbol
     lanes: int = 1
     context_resets: int = 0
+    # the same pass's total after its first prefix_windows windows (see score_tokens)
+    prefix: Optional["Score"] = None
 
     @property
     def loss(self) -> float:
@@ -121,6 +126,8 @@ def score_tokens(
     precision: str = "fp32",
     min_lane_tokens: int = MIN_LANE_TOKENS,
     part: LaneShare = WHOLE,
+    prefix_windows: Optional[int] = None,
+    prefix_only: bool = False,
 ) -> Score:
     """Total NLL of every token of `tokens` (see the module docstring for the method).
 
@@ -129,7 +136,11 @@ def score_tokens(
 
     part, share i of n, scores only the i-th of n contiguous shares of the lanes (the last
     share also takes the tail), for n processes that each score a share: the sums of their
-    `nll` and `tokens` are what one process scoring everything gets."""
+    `nll` and `tokens` are what one process scoring everything gets.
+
+    prefix_windows W: also keep the running total after the first W windows of every lane
+    as `score.prefix`; with prefix_only, stop there (a sample of the text, spread over all
+    of it). When the lanes have no more than W windows, the prefix is the whole score."""
     n = len(tokens)
     if n == 0:
         return Score(nll=0.0, tokens=0)
@@ -142,8 +153,13 @@ def score_tokens(
     scored = 0
     starts = np.arange(first, last, dtype=np.int64)[:, None] * span  # (B, 1) first prediction of each lane
     state = None
+    prefix = None
     try:
-        for begin in range(0, span if last > first else 0, window):
+        for index, begin in enumerate(range(0, span if last > first else 0, window)):
+            if prefix_windows is not None and index == prefix_windows:
+                prefix = (float(total), scored)
+                if prefix_only:
+                    break
             offsets = np.arange(begin, min(begin + window, span), dtype=np.int64)[None, :]
             targets = starts + offsets  # (B, T) positions predicted
             x = _gather(tokens, context_id, targets - 1).to(device, non_blocking=True)
@@ -153,7 +169,8 @@ def score_tokens(
             total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
             scored += y.numel()
             state = detach_state(state)
-        if lanes * span < n and last == lanes:  # the tail continues the last lane, whose state it needs
+        stopped = prefix_only and prefix is not None
+        if lanes * span < n and last == lanes and not stopped:  # the tail continues the last lane
             last_state = None if state is None else take_lanes(state, -1, None)
             for begin in range(lanes * span, n, window):
                 targets = np.arange(begin, min(begin + window, n), dtype=np.int64)[None, :]
@@ -167,7 +184,14 @@ def score_tokens(
     finally:
         model.train(was_training)
     resets = lanes - 1 if span > 0 else 0
-    return Score(nll=float(total), tokens=scored, lanes=lanes if span > 0 else 1, context_resets=resets)
+    used_lanes = lanes if span > 0 else 1
+    if prefix_only and prefix is not None:
+        return Score(nll=prefix[0], tokens=prefix[1], lanes=used_lanes, context_resets=resets)
+    score = Score(nll=float(total), tokens=scored, lanes=used_lanes, context_resets=resets)
+    if prefix_windows is not None:
+        score.prefix = score if prefix is None else Score(nll=prefix[0], tokens=prefix[1], lanes=used_lanes,
+                                                          context_resets=resets)  # fmt: skip
+    return score
 
 
 @torch.no_grad()

@@ -110,20 +110,44 @@ class LanguageModelTask:
         self.state = states.zero_where(bad, states.detach(self._next_state))  # no host sync
         self._next_state = None
 
-    def validate(self, model: torch.nn.Module) -> Optional[dict[str, Any]]:
-        """The validation split scored as `charlm perplexity` scores it, in fp32."""
+    def validate(self, model: torch.nn.Module, complete: bool = True) -> Optional[dict[str, Any]]:
+        """The validation split scored as `charlm perplexity` scores it, in fp32.
+
+        During training (complete=False) a pass scores at most about eval_tokens tokens: the
+        first windows of every lane, a sample spread over the split. The complete pass
+        scores everything and gives the same sample's loss as "selection_loss", by which
+        the best checkpoint is chosen, so every pass is compared on the same tokens."""
         if len(self.val_tokens) == 0:
             return None
-        score = score_tokens(model, self.val_tokens, self.context_id, self.config.eval_batch_size,
-                             DEFAULT_WINDOW, self.device, "fp32", part=self.share)  # fmt: skip
+        windows = self.sample_windows()
+        score = score_tokens(model, self.val_tokens, self.context_id, self.config.eval_batch_size, DEFAULT_WINDOW,
+                             self.device, "fp32", part=self.share, prefix_windows=windows,
+                             prefix_only=not complete)  # fmt: skip
+        sample = score.prefix if windows is not None else None
         if self.world.distributed:  # each process scored a share of the lanes
             score.nll, tokens = distributed.agree(self.world, [score.nll, float(score.tokens)])
             score.tokens = int(tokens)
-        corpus = self.corpus
-        score.chars, score.bytes = corpus.chars["val"], corpus.bytes["val"]
-        score.words, score.unknown = corpus.words["val"], corpus.unknown["val"]
-        return {"loss": score.loss, "bpc": score.bits_per_char, "bpb": score.bits_per_byte,
-                "perplexity": score.perplexity, "word_perplexity": score.word_perplexity, "tokens": score.tokens}  # fmt: skip
+            if sample is not None and sample is not score:
+                sample.nll, tokens = distributed.agree(self.world, [sample.nll, float(sample.tokens)])
+                sample.tokens = int(tokens)
+        corpus, total = self.corpus, max(len(self.val_tokens), 1)
+        # a sample's characters, bytes and words are the split's in proportion (exact for characters)
+        fraction = score.tokens / total
+        score.chars, score.bytes = round(corpus.chars["val"] * fraction), round(corpus.bytes["val"] * fraction)
+        score.words, score.unknown = round(corpus.words["val"] * fraction), corpus.unknown["val"]
+        figures = {"loss": score.loss, "bpc": score.bits_per_char, "bpb": score.bits_per_byte,
+                   "perplexity": score.perplexity, "word_perplexity": score.word_perplexity, "tokens": score.tokens,
+                   "complete": score.tokens == len(self.val_tokens)}  # fmt: skip
+        if complete and sample is not None and sample.tokens < score.tokens:
+            figures["selection_loss"] = sample.loss
+        return figures
+
+    def sample_windows(self) -> Optional[int]:
+        """Windows per lane a validation pass during training scores (None: all of them)."""
+        if not self.config.eval_tokens:
+            return None
+        per_window = max(1, min(self.config.eval_batch_size, len(self.val_tokens))) * DEFAULT_WINDOW
+        return max(1, -(-self.config.eval_tokens // per_window))
 
     # ----- checkpoint state -----------------------------------------------------------------
     def data_fingerprint(self) -> str:

@@ -24,6 +24,7 @@ once per step.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -109,6 +110,7 @@ class Engine:
         self.best_val_loss: Optional[float] = None
         self.last_val_loss: Optional[float] = None
         self.metrics_size = 0  # metrics.jsonl's length at the last checkpoint
+        self._last_eval_complete = True
 
     def close(self) -> None:
         """Let go of the DDP wrapper (see StepRunner.close)."""
@@ -163,7 +165,7 @@ class Engine:
                 continue  # rolled back: the position and the log are the checkpoint's
 
             if log_due:
-                self._log_train(lr)
+                self.events.emit(train_event(position, recovery, lr))
             if recovery.streak:
                 # weights that just failed are not checkpointed; the next good step makes up for it
                 position.checkpoint_owed |= eval_due or save_due
@@ -177,8 +179,8 @@ class Engine:
 
         if reason == "interrupted":
             self.save()
-        elif not last_was_eval:
-            self.evaluate_and_checkpoint()
+        elif not (last_was_eval and self._last_eval_complete):  # the closing one scores the whole split
+            self.evaluate_and_checkpoint(complete=True)
         position.tick()
         self.events.emit({"event": "end", "step": self.step, "reason": reason, "elapsed": round(self.elapsed, 3),
                    "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
@@ -201,24 +203,6 @@ class Engine:
             "max_time": position.max_time,
             "epochs": position.max_epochs,
         }
-
-    def _log_train(self, lr: float) -> None:
-        position = self.position
-        loss, grad_norm, skipped = self.recovery.take_log()
-        event = {
-            "event": "train",
-            "step": position.step,
-            "epoch": round(position.epoch_progress(), 4),
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens_per_s": position.take_throughput(),
-            "elapsed": round(position.elapsed, 3),
-            "progress": round(position.progress(), 5),
-        }
-        if skipped:
-            event["skipped"] = skipped
-        self.events.emit(event)
 
     # ----- the trainer state ------------------------------------------------------------
     def capture(self, task_state: dict[str, Any], rngs: list[dict[str, Any]], metrics_size: int) -> TrainerState:
@@ -286,23 +270,46 @@ class Engine:
         self.position.saved_now()
 
     # ----- validation -------------------------------------------------------------------
-    def validate(self) -> Optional[float]:
-        """The task's validation, logged as an eval event; returns its loss."""
-        figures = self.task.validate(self.model)
+    def validate(self, complete: bool = True) -> Optional[float]:
+        """The task's validation, logged as an eval event; returns the loss the best
+        checkpoint is chosen by (a pass during training may score a sample of the split,
+        and the complete pass then reports that sample's loss too, as selection_loss)."""
+        started = time.perf_counter()
+        figures = self.task.validate(self.model, complete=complete)
         if figures is None:
             return None
-        loss = figures["loss"]
+        loss = figures.get("selection_loss", figures["loss"])
         improved = self.best_val_loss is None or loss < self.best_val_loss
-        self.last_val_loss = loss
+        self.last_val_loss = figures["loss"]
+        self._last_eval_complete = figures.get("complete", True)
         if improved:
             self.best_val_loss = loss
         self.events.emit({"event": "eval", "split": "val", "step": self.step, "elapsed": round(self.elapsed, 3),
-                   **figures, "best": improved})  # fmt: skip
+                          **figures, "best": improved, "seconds": round(time.perf_counter() - started, 3)})  # fmt: skip
         return loss
 
-    def evaluate_and_checkpoint(self) -> None:
+    def evaluate_and_checkpoint(self, complete: bool = False) -> None:
         previous_best = self.best_val_loss
-        loss = self.validate()
+        loss = self.validate(complete)
         improved = loss is not None and (previous_best is None or loss < previous_best)
         # without a validation split, "best" simply follows the latest weights
         self.save(best=improved or loss is None)
+
+
+def train_event(position: RunPosition, recovery: Recovery, lr: float) -> dict[str, Any]:
+    """The train event of the step just done: its loss, rate, gradient norm and pace."""
+    loss, grad_norm, skipped = recovery.take_log()
+    event = {
+        "event": "train",
+        "step": position.step,
+        "epoch": round(position.epoch_progress(), 4),
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens_per_s": position.take_throughput(),
+        "elapsed": round(position.elapsed, 3),
+        "progress": round(position.progress(), 5),
+    }
+    if skipped:
+        event["skipped"] = skipped
+    return event

@@ -17,7 +17,7 @@ from charlm.config import TrainConfig
 from charlm.errors import CharlmError
 
 RESUMABLE_OPTIONS = frozenset({
-    "max_steps", "max_time", "epochs", "eval_every", "checkpoint_every", "checkpoint_seconds", "log_every",
+    "max_steps", "max_time", "epochs", "eval_every", "eval_tokens", "checkpoint_every", "checkpoint_seconds", "log_every",
     "sample_length", "device", "threads", "precision", "compile",
     "lr", "grad_clip", "on_divergence", "spike_factor", "skip_limit", "max_rollbacks", "rollback_lr_factor",
 })  # fmt: skip

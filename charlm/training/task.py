@@ -15,7 +15,9 @@ a checkpoint must keep. The engine calls, in this order:
     loss(model, batch)             forward pass and mean loss; `model` may be a DDP or
                                    compiled wrapper of build_model's model
     end_step(bad)                  after the update (or its skip): bad is the guard's verdict
-    validate(model)                at each evaluation, on every process
+    validate(model, complete)      at each evaluation, on every process; complete=False
+                                   during training (a task may score a sample), True
+                                   for the closing one
     state_dict(epoch)              at each checkpoint, on every process (may be collective)
     load_state_dict(saved, where)  at resume and rollback, after the weights are loaded
     check_resume(saved, step)      at resume only: refuse when the data changed
@@ -74,9 +76,12 @@ class Task(Protocol):
         """The step is over; `bad` (a bool scalar on the device) says the guard rejected it."""
         ...
 
-    def validate(self, model: torch.nn.Module) -> Optional[dict[str, Any]]:
+    def validate(self, model: torch.nn.Module, complete: bool = True) -> Optional[dict[str, Any]]:
         """The eval event's figures, "loss" first (lower is better: the best checkpoint
-        follows it), over all processes; None when there is nothing to validate on."""
+        follows it), over all processes; None when there is nothing to validate on.
+        A pass with complete=False may score a sample; a complete pass over more than that
+        sample then also gives the sample's loss as "selection_loss", and the best
+        checkpoint follows that, so every pass is compared on the same examples."""
         ...
 
     def state_dict(self, epoch: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from charlm.config import (
     DEFAULT_MAX_TIME_S,
     DEVICES,
     DIVERGENCE_ACTIONS,
+    DROPOUT_KINDS,
     ENCODING_ERRORS,
     MAX_SEED,
     PRECISIONS,
@@ -175,6 +176,20 @@ class _StopFlag:
 @config_option("--hidden", help="Hidden width (H).")
 @config_option("--embed", help="Embedding width (E).")
 @config_option("--dropout", help="Dropout on embeddings, between layers and on the output.")
+@config_option(
+    "--dropout-kind",
+    type=click.Choice(DROPOUT_KINDS),
+    help="How --dropout draws its masks: standard, fresh at every position; locked (variational), one mask "
+    "per lane for the whole window, on the embeddings, between layers and on the output.",
+)
+@config_option(
+    "--weight-dropout",
+    help="DropConnect on the recurrent hidden-to-hidden weights, one mask per batch (0: off).",
+)
+@config_option(
+    "--embed-dropout",
+    help="Drop whole token types from the embedding, a new draw per batch (0: off).",
+)
 @click.option("--tie-weights/--no-tie-weights", default=_M.tie_weights, help="Share the embedding and output matrices.")
 @config_option("--batch-size", "-b", help="Parallel lanes of the token stream (B).")
 @config_option("--seq-len", "-t", help="Window length for truncated BPTT (T).")

@@ -2,9 +2,12 @@
 
 The recurrent part is one nn.LSTM / nn.GRU / nn.RNN over all layers, so the fused
 cuDNN / oneDNN kernels do the work. Dropout (one rate) is applied to the embeddings,
-between recurrent layers and to the top layer's output. With tied weights the head reuses
-the embedding matrix; when the hidden width differs from the embedding width a bias-free
-projection H -> E sits in between.
+between recurrent layers and to the top layer's output, with fresh masks at every position
+(dropout_kind "standard") or one mask per lane for the whole window ("locked"). The other
+regularisers (weight dropout on weight_hh, embedding dropout of whole tokens) and locked
+dropout live in charlm.models.regularisers; they act in training mode only and add no
+parameters. With tied weights the head reuses the embedding matrix; when the hidden width
+differs from the embedding width a bias-free projection H -> E sits in between.
 
 The recurrent state is a tensor (L, B, H) for GRU/RNN and a pair of them (h, c) for LSTM;
 charlm.models.state holds the helpers that handle either form.
@@ -18,26 +21,26 @@ import torch
 from torch import nn
 
 from charlm.config import ModelConfig
+from charlm.models import regularisers
 from charlm.models import state as states
 from charlm.models.state import State
 
 
 class RNNLM(nn.Module):
+    """Token embedding -> stacked recurrent cell -> output head (see the module docstring)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         config.validate()
         self.config = config
         V, E, H, L = config.vocab_size, config.embed, config.hidden, config.layers
-        between = config.dropout if L > 1 else 0.0
+        # locked dropout between layers is the regularisers' (layer by layer), never the module's
+        between = config.dropout if L > 1 and config.dropout_kind == "standard" else 0.0
         self.embedding = nn.Embedding(V, E)
         self.drop = nn.Dropout(config.dropout)
-        if config.cell == "lstm":
-            self.rnn = nn.LSTM(E, H, L, batch_first=True, dropout=between)
-        elif config.cell == "gru":
-            self.rnn = nn.GRU(E, H, L, batch_first=True, dropout=between)
-        else:
-            nonlinearity = "relu" if config.cell == "rnn-relu" else "tanh"
-            self.rnn = nn.RNN(E, H, L, nonlinearity=nonlinearity, batch_first=True, dropout=between)
+        self.rnn = regularisers.recurrent_module(config, E, L, between)
+        # a plain attribute, not a submodule: it owns no parameters and no state-dict keys
+        self.regularisers = regularisers.Regularisers(config) if regularisers.is_active(config) else None
         self.projection = nn.Linear(H, E, bias=False) if config.tie_weights and H != E else None
         self.head = nn.Linear(E if config.tie_weights else H, V)
         if config.tie_weights:
@@ -61,15 +64,20 @@ class RNNLM(nn.Module):
         return states.zeros(self.config.cell, self.config.layers, batch_size, self.config.hidden, device)
 
     def forward(self, x: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
-        """x (B, T) int64 -> logits (B, T, V), new state."""
-        emb = self.drop(self.embedding(x))  # (B, T, E)
-        out, state = self.rnn(emb, state)  # (B, T, H)
-        out = self.drop(out)
+        """x (B, T) int64 -> logits (B, T, V), new state. The regularisers act in training
+        mode only; eval mode runs the raw weights."""
+        if self.training and self.regularisers is not None:
+            out, state = self.regularisers.forward(self.embedding, self.rnn, self.drop, x, state)  # (B, T, H)
+        else:
+            emb = self.drop(self.embedding(x))  # (B, T, E)
+            out, state = self.rnn(emb, state)  # (B, T, H)
+            out = self.drop(out)
         if self.projection is not None:
             out = self.projection(out)  # (B, T, E)
         return self.head(out), state
 
     def num_parameters(self) -> int:
+        """The number of trainable numbers (a tied matrix counted once)."""
         return sum(p.numel() for p in self.parameters())
 
 
@@ -93,10 +101,13 @@ def training_memory_bytes(config: ModelConfig, batch_size: int, seq_len: int, ha
     token of a (B, T) batch, the step keeps the embedding (with its dropout), each layer's
     gates, cell and output for the backward pass (and as much again for their gradients),
     and the logits with their log-softmax and gradient. Under autocast those are half size.
+    Weight dropout adds each layer's dropped weight_hh and its mask (fp32); embedding dropout
+    one more (B, T, E) product; the regularisers add no parameters.
     """
     B, T = batch_size, seq_len
     V, E, H, L = config.vocab_size, config.embed, config.hidden, config.layers
     g = _GATES[config.cell]
-    per_token = 3 * E + 2 * L * H * (g + 2) + 2 * H + 3 * V
+    per_token = 3 * E + 2 * L * H * (g + 2) + 2 * H + 3 * V + (E if config.embed_dropout > 0 else 0)
     activation_bytes = 2 if half_activations else 4
-    return 16 * count_parameters(config) + activation_bytes * B * T * per_token
+    dropped_weights = 8 * L * g * H * H if config.weight_dropout > 0 else 0
+    return 16 * count_parameters(config) + activation_bytes * B * T * per_token + dropped_weights

@@ -1,7 +1,9 @@
-"""The recommended CPU settings: what `charlm train` uses when no model or batch option is given.
+"""The fixed settings: what `charlm train --no-auto-size` uses when no model or batch option is given
+(and where the budget rule starts from: its dropout, cell, layers, window and schedule).
 
 They were tuned on tiny Shakespeare (BENCHMARKS.md records the trials); these tests keep the
-code, the README and a real run in agreement with each other.
+code, the README and a real run in agreement with each other. The budget rule's own tests
+are in test_sizing.py.
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ def test_auto_precision_on_the_cpu_is_bf16_exactly_where_it_is_native():
     assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
-def test_a_run_without_model_or_batch_options_records_the_recommended_settings(tmp_path):
+def test_a_run_with_auto_size_off_records_the_fixed_settings(tmp_path):
     corpus = tmp_path / "text.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 400)
     out = tmp_path / "run"
     result = invoke("train", "--data", str(corpus), "--out", str(out), "--max-steps", "1", "--threads", "1",
-                    "--sample-length", "0")  # fmt: skip
+                    "--sample-length", "0", "--no-auto-size")  # fmt: skip
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     expected_model = ModelConfig(vocab_size=config["model"]["vocab_size"]).to_dict()

@@ -127,7 +127,8 @@ def test_resume_records_changed_options_and_a_new_lr_replaces_the_lowered_one(tm
     corpus.write_text(word_text(3000, seed=5), encoding="utf-8")
     out = tmp_path / "run"
     base = ["--hidden", "16", "--layers", "1", "--embed", "8", "--batch-size", "4", "--seq-len", "8",
-            "--threads", "1", "--sample-length", "0", "--precision", "fp32", "--log-every", "1"]  # fmt: skip
+            "--threads", "1", "--sample-length", "0", "--precision", "fp32", "--log-every", "1",
+            "--no-auto-size"]  # fmt: skip
     done = invoke("train", "--data", str(corpus), "--out", str(out), *base, "--max-steps", "6")
     assert done.exit_code == 0, done.output
     # a rollback had lowered the rate: a checkpoint with lr_scale 0.25

@@ -191,6 +191,12 @@ class _StopFlag:
     help="Drop whole token types from the embedding, a new draw per batch (0: off).",
 )
 @click.option("--tie-weights/--no-tie-weights", default=_M.tie_weights, help="Share the embedding and output matrices.")
+@click.option(
+    "--auto-size/--no-auto-size",
+    default=_T.auto_size,
+    help="Choose --hidden, --embed, --tie-weights, --batch-size, --lr and --warmup-steps, those not given, "
+    "for the budget and this machine's measured speed (a probe of a few seconds, counted in --max-time).",
+)
 @config_option("--batch-size", "-b", help="Parallel lanes of the token stream (B).")
 @config_option("--seq-len", "-t", help="Window length for truncated BPTT (T).")
 @click.option("--random-offset/--no-random-offset", default=_T.random_offset, help="Move window boundaries each epoch.")
@@ -305,6 +311,16 @@ def _train(
         f"corpus {corpus.label}: {corpus.tokenizer.kind} tokenizer, vocabulary {corpus.tokenizer.vocab_size:,}; "
         f"{how} ({corpus.cache_dir})"
     )
+    choice = run.size_model()
+    if choice is not None:
+        shape, train = run.plan.shape, run.train
+        probed = f"; probed {len(choice.measured)} candidates in {choice.probe_seconds:.1f}s" if choice.measured else ""
+        console.info(
+            f"model for the budget: {shape.layers}x{shape.hidden} {shape.cell}, embed {shape.embed}"
+            f"{', tied output' if shape.tie_weights else ''}; batch {train.batch_size}, lr {train.lr:.3g}, "
+            f"warmup {train.warmup_steps}{probed}"
+        )
+        console.note(f"why: {choice.reason} (--no-auto-size or any of these options keeps your own)")
     with naming_environment(ctx):
         run_dir = run.open_run_directory()
     where["run"] = run_dir.path

@@ -4,13 +4,17 @@ What `charlm train` does between parsing its options and training, as a few call
 can report between:
 
     run = LanguageModelRun.start({"data": "notes.txt", "max_steps": 500}, ModelShape(hidden=128),
-                                 given={"data", "max_steps"}, out=Path("runs/notes"))
+                                 given={"data", "max_steps", "hidden"}, out=Path("runs/notes"))
     corpus = run.prepare_corpus(on_stage=print)   # read, split, tokenize (or from the cache)
+    choice = run.size_model()                     # what the budget rule chose (None: nothing to choose)
     run_dir = run.open_run_directory()            # a new run's folder, or the resumed one checked
     trainer = run.trainer(on_event=print)         # resumed where it stopped, when resuming
     trainer.run(); trainer.close()
 
-Whatever can be refused is refused as early as it can be told: the options and the run
+A new run with auto_size on (the default) has the shape, batch and learning rate it was not
+given chosen for its budget (sizing.py, after a short probe of this machine, probe.py); the
+probe's seconds count in a time budget, and the choice is kept in config.json, so a resume
+never decides again. Whatever can be refused is refused as early as it can be told: the options and the run
 folder before the corpus is read, and a model that cannot fit in memory before anything is
 allocated (with the run's own vocabulary on a resume, else the smallest the tokenizer can
 give, and again once the tokenizer is fitted). Under torchrun only rank 0 reads or creates
@@ -20,6 +24,7 @@ others find it in the cache, and every process must come out with the same token
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +40,8 @@ from charlm.runs.create import check_out_writable, create_run_directory
 from charlm.runs.directory import RunDirectory
 from charlm.tasks.lanes import require_tokens
 from charlm.tasks.language_model import Trainer, tokens_fingerprint
+from charlm.tasks.probe import ThroughputProbe
+from charlm.tasks.sizing import SHAPE_DECISIONS, TRAIN_DECISIONS, Limits, SizeChoice, choose_size
 from charlm.text.corpora import resolve_default_corpus
 from charlm.text.corpus import PreparedCorpus, prepare_corpus_for
 from charlm.text.sources import TextSource
@@ -62,6 +69,7 @@ class RunPlan:
     saved: Optional[RunConfig] = None  # the run's config.json, on a resume
     changed: dict[str, list] = field(default_factory=dict)  # resumed options given new values: [old, new]
     main_source: Optional[TextSource] = None  # the default corpus, resolved
+    given: frozenset = frozenset()  # the options the user set
 
 
 def plan_run(
@@ -108,7 +116,7 @@ def plan_run(
         label, files, notes = resolve_default_corpus()
         main_source = TextSource(label=label, files=files, notes=notes)
         train.data = label
-    return RunPlan(train, shape, out, resume, overwrite, saved, changed, main_source)
+    return RunPlan(train, shape, out, resume, overwrite, saved, changed, main_source, frozenset(given))
 
 
 class LanguageModelRun:
@@ -128,6 +136,8 @@ class LanguageModelRun:
         self.prepare_seconds = 0.0
         self.model: Optional[ModelConfig] = None
         self.run_dir: Optional[RunDirectory] = None
+        self.choice: Optional[SizeChoice] = None
+        self._sized = False
 
     @classmethod
     def start(cls, *request: Any, world: World = SINGLE, **named: Any) -> "LanguageModelRun":
@@ -149,9 +159,49 @@ class LanguageModelRun:
         self.prepare_seconds = time.perf_counter() - started
         return self.corpus
 
+    def size_model(self) -> Optional[SizeChoice]:
+        """Choose what the user left open of the shape, batch and learning rate for the
+        budget (sizing.py), probing this machine when time limits the run; None when there
+        is nothing to choose (a resume, auto_size off, or every such option given)."""
+        if self._sized:
+            return self.choice
+        self._sized = True
+        plan, train, corpus = self.plan, self.train, self._corpus()
+        free = [name for name in SHAPE_DECISIONS + TRAIN_DECISIONS if name not in plan.given]
+        if self.resume or not train.auto_size or not free:
+            return None
+        vocab_size = corpus.tokenizer.vocab_size
+        limits = Limits.of(train, len(corpus.splits["train"]))
+        probe = None
+        if limits.seconds is not None:
+            processes = self.world.size
+
+            def fits(shape: ModelShape, batch: int) -> bool:
+                try:
+                    check_training_memory(shape, dataclasses.replace(train, batch_size=batch), self.device,
+                                          self.precision, vocab_size, processes)  # fmt: skip
+                    return True
+                except CharlmError:
+                    return False
+
+            probe = ThroughputProbe(corpus.splits["train"], vocab_size, train, self.device, self.precision, fits=fits)
+        choice = None
+        if self.world.is_main or probe is not None:  # every process probes, sharing the machine as in training
+            choice = choose_size(plan.shape, train, set(plan.given), limits, vocab_size, probe,
+                                 on_gpu=self.device.type == "cuda",
+                                 lane_ok=lambda batch: batch % self.world.size == 0)  # fmt: skip
+            if probe is not None:
+                choice.measured, choice.probe_seconds = dict(probe.measured), probe.seconds
+        choice = distributed.broadcast(self.world, choice if self.world.is_main else None)
+        plan.shape = choice.shape
+        train.batch_size, train.lr, train.warmup_steps = choice.batch_size, choice.lr, choice.warmup_steps
+        self.choice = choice
+        return choice
+
     def open_run_directory(self) -> RunDirectory:
         """Create a new run's folder (tokenizer and config), or check the resumed run's
         tokenizer against the corpus; the model's configuration is then settled."""
+        self.size_model()
         corpus, train, world = self._corpus(), self.train, self.world
         check_same_corpus_everywhere(world, corpus)
         require_tokens(len(corpus.splits["train"]), train.batch_size, train.seq_len)
@@ -176,6 +226,7 @@ class LanguageModelRun:
                     tokenizer_kind=corpus.tokenizer.kind,
                     tokenizer_fingerprint=fingerprint(corpus.tokenizer),
                     charlm_version=__version__,
+                    extra={"budget": self.choice.to_dict()} if self.choice is not None else {},
                 )
                 create_run_directory(run_dir, self.plan.overwrite, corpus.tokenizer, config)
             path = str(run_dir.path)
@@ -192,8 +243,10 @@ class LanguageModelRun:
         the options that changed are kept in config.json for later resumes too."""
         if self.run_dir is None or self.model is None:
             raise CharlmError("LanguageModelRun.trainer: call open_run_directory() first")
+        spent = self.choice.probe_seconds if self.choice is not None and not self.resume else 0.0
         trainer = Trainer(self.model, self.train, self._corpus(), self.run_dir, self.device, self.precision,
-                          on_event=on_event, should_stop=should_stop, faults=faults, world=self.world)  # fmt: skip
+                          on_event=on_event, should_stop=should_stop, faults=faults, world=self.world,
+                          spent_before=spent)  # fmt: skip
         if not self.resume:
             return trainer
         try:

@@ -85,12 +85,16 @@ class Engine:
         faults: Optional[FaultPlan] = None,
         world: World = SINGLE,
         check_every: Optional[int] = None,
+        spent_before: float = 0.0,
     ):
         """check_every: steps between host reads of the guard's records (default: 1 on a
-        single CPU process, where reading costs nothing, else log_every)."""
+        single CPU process, where reading costs nothing, else log_every). spent_before: seconds
+        a new run's time budget has already spent (on choosing its model); a resume's clock
+        is the checkpoint's."""
         self.task, self.config, self.run_dir, self.world = task, config, run_dir, world
         self.device, self.precision = device, precision
         self.position = RunPosition(config, task.batches, world, should_stop)
+        self.position.elapsed = spent_before
         if check_every is None:
             check_every = 1 if device.type == "cpu" and not world.distributed else config.log_every
         self.check_every = max(1, check_every)
@@ -192,6 +196,7 @@ class Engine:
         return {
             "event": "start",
             "step": position.step,
+            "elapsed": round(position.elapsed, 3),  # a new run's budget may be spent in part already
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.device),
             "precision": self.precision,

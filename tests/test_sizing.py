@@ -200,3 +200,18 @@ def test_given_options_are_kept_and_auto_size_can_be_turned_off(tmp_path, corpus
     assert result.exit_code == 0, result.output
     assert "model for the budget" not in result.output
     assert "budget" not in read_config(off)["extra"] and read_config(off)["train"]["auto_size"] is False
+
+
+def test_a_validation_split_of_unseen_characters_makes_a_new_run_train_on_bytes(tmp_path):
+    train_text = word_text(6000)
+    val_text = "Αυτό είναι ελληνικό κείμενο που δεν εμφανίζεται στην εκπαίδευση. " * 20
+    corpus, val = write_text(tmp_path / "text.txt", train_text), write_text(tmp_path / "val.txt", val_text)
+    common = ("--data", str(corpus), "--val-data", str(val), "--max-steps", "1", "--threads", "1",
+              "--sample-length", "0", "--hidden", "16")  # fmt: skip
+    result = invoke("train", *common, "--out", str(tmp_path / "auto"))
+    assert result.exit_code == 0, result.output
+    assert "training on UTF-8 bytes instead" in result.output
+    assert read_config(tmp_path / "auto")["tokenizer_kind"] == "byte"
+    kept = invoke("train", *common, "--out", str(tmp_path / "kept"), "--tokenizer", "char")
+    assert kept.exit_code == 0, kept.output
+    assert read_config(tmp_path / "kept")["tokenizer_kind"] == "char" and "bytes instead" not in kept.output

@@ -55,6 +55,8 @@ from charlm.training.resume import apply_resume_options
 # Options the call itself takes, never part of `given`.
 _RUN_OPTIONS = frozenset({"out", "resume", "overwrite"})
 LIMITS = ("max_steps", "max_time", "epochs")
+# above this share of validation characters unseen in training, a new run trains on bytes
+MAX_UNSEEN_SHARE = 0.01
 
 
 @dataclass
@@ -154,6 +156,15 @@ class LanguageModelRun:
             distributed.barrier(self.world)
         started = time.perf_counter()
         self.corpus = prepare_corpus_for(self.train, self.threads, self.plan.main_source, on_stage)
+        unseen = self._unseen_share(self.corpus)
+        if unseen > MAX_UNSEEN_SHARE:
+            # a character model cannot score what it never saw; bytes spell every character
+            self.train.tokenizer = "byte"
+            self.corpus = prepare_corpus_for(self.train, self.threads, self.plan.main_source, on_stage)
+            self.corpus.notes.append(
+                f"{unseen:.1%} of the validation characters never occur in the training split, which a character "
+                "model cannot predict; training on UTF-8 bytes instead (--tokenizer char keeps characters)"
+            )
         if self.world.is_main:
             distributed.barrier(self.world)
         self.prepare_seconds = time.perf_counter() - started
@@ -197,6 +208,14 @@ class LanguageModelRun:
         train.batch_size, train.lr, train.warmup_steps = choice.batch_size, choice.lr, choice.warmup_steps
         self.choice = choice
         return choice
+
+    def _unseen_share(self, corpus: PreparedCorpus) -> float:
+        """The share of validation characters the character tokenizer had to call unknown,
+        when the budget rule may choose the tokenizer (else 0)."""
+        train, given = self.train, self.plan.given
+        if self.resume or not train.auto_size or "tokenizer" in given or corpus.tokenizer.kind != "char":
+            return 0.0
+        return corpus.unknown.get("val", 0) / max(corpus.chars.get("val", 0), 1)
 
     def open_run_directory(self) -> RunDirectory:
         """Create a new run's folder (tokenizer and config), or check the resumed run's

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, shared_file
+from helpers import REPO, word_text, write_text
 
 pytestmark = pytest.mark.slow  # each test runs a benchmark script, most of them training
 
@@ -104,14 +104,28 @@ def test_tokenize_speed_measures_encoding_and_a_big_corpus_run(tmp_path):
     assert cold["peak_rss_mib"] >= runs["import charlm only"]["peak_rss_mib"] > 0
 
 
-def test_quality_budget_trains_charlm_and_the_bare_baseline(tmp_path):
-    shared_file("tinyshakespeare.txt")
-    result = run_bench("quality_budget", tmp_path, "--threads", "1", "--budgets", "3", "--baseline-budgets", "2")
-    (row,) = result["charlm"]
-    assert row["budget_s"] == 3 and row["steps"] >= 1 and 0 < row["val_loss"] < 10
-    assert row["elapsed_s"] >= 3  # the run used its whole budget before stopping
-    (baseline,) = result["baseline"]
-    assert baseline["steps"] >= 1 and 0 < baseline["val_loss"] < 10
+def test_quality_budget_trains_every_contender_on_one_file_and_judges_charlm(tmp_path):
+    text = write_text(tmp_path / "words.txt", word_text(30_001))
+    nanogpt = (REPO.parent / "shared" / "anchors" / "nanogpt" / "budget_nanogpt.py").is_file()
+    result = run_bench("quality_budget", tmp_path, "--threads", "1", "--file", str(text), "--budgets", "1",
+                       "--nanogpt-budgets", "1" if nanogpt else "", "--baseline-budgets", "1")  # fmt: skip
+    corpus = result["corpora"]["file:words.txt"]
+    # charlm keeps the last int(0.1 n) characters, nanoGPT everything after int(0.9 n) less its first
+    assert corpus["split"]["charlm_val_chars"] == 3_000 and corpus["split"]["nanogpt_val_chars"] == 3_001
+    assert corpus["split"]["same_scored_chars"]
+    rows = {row["who"]: row for row in corpus["rows"]}
+    assert set(rows) == {"charlm", "baseline"} | ({"nanoGPT"} if nanogpt else set())
+    for row in rows.values():
+        assert row["budget_s"] > 0 and row["parameters"] > 0 and 0 < row["val_nats"] < 10 and row["command"]
+    charlm = rows["charlm"]
+    assert charlm["accounting"]["training_phase_s"] >= 1  # the run used its whole budget before stopping
+    assert charlm["accounting"]["time_to_first_step_s"] > 0 and charlm["shape"].count("x") == 1
+    assert charlm["curve"][-1]["complete"] and charlm["curve"][-1]["val_nats"] == charlm["val_nats"]
+    if nanogpt:
+        (target,) = corpus["targets"]
+        assert target["value"] == pytest.approx(charlm["val_nats"] - rows["nanoGPT"]["val_nats"])
+        assert target["met"] == (target["value"] <= -0.10)
+    assert result["machine"]["torch"] and result["precision"] == "auto"
 
 
 def test_profile_train_attributes_the_step_time(tmp_path):

@@ -40,7 +40,7 @@ from charlm.runs.create import check_out_writable, create_run_directory
 from charlm.runs.directory import RunDirectory
 from charlm.tasks.lanes import require_tokens
 from charlm.tasks.language_model import Trainer, tokens_fingerprint
-from charlm.tasks.probe import ThroughputProbe
+from charlm.tasks.probe import SECONDS_PER_CANDIDATE, ThroughputProbe
 from charlm.tasks.sizing import SHAPE_DECISIONS, TRAIN_DECISIONS, Limits, SizeChoice, choose_size
 from charlm.text.corpora import resolve_default_corpus
 from charlm.text.corpus import PreparedCorpus, prepare_corpus_for
@@ -195,7 +195,10 @@ class LanguageModelRun:
                 except CharlmError:
                     return False
 
-            probe = ThroughputProbe(corpus.splits["train"], vocab_size, train, self.device, self.precision, fits=fits)
+            # a short budget gets a shorter probe: each candidate is timed for 0.4% of it (0.1 to 0.6 s)
+            timing = min(SECONDS_PER_CANDIDATE, max(0.1, 0.004 * limits.seconds))
+            probe = ThroughputProbe(corpus.splits["train"], vocab_size, train, self.device, self.precision,
+                                    seconds_per_candidate=timing, fits=fits)  # fmt: skip
         choice = None
         if self.world.is_main or probe is not None:  # every process probes, sharing the machine as in training
             choice = choose_size(plan.shape, train, set(plan.given), limits, vocab_size, probe,

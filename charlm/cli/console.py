@@ -228,11 +228,8 @@ def _stdout_console() -> RichConsole:
     return RichConsole(highlight=False, soft_wrap=False)
 
 
-def print_score(label: str, score: Any, method: str) -> None:
-    """A text's scores as a two-column table on stdout."""
-    table = Table(title=Text(_plain(f"scores for {label}")), show_header=False, box=None, padding=(0, 2))
-    table.add_column(justify="left")
-    table.add_column(justify="right")
+def _score_rows(score: Any) -> list[tuple[str, str]]:
+    """The rows of print_score: names and formatted figures of one Score."""
     rows = [
         ("tokens scored", f"{score.tokens:,}"),
         ("characters", f"{score.chars:,}"),
@@ -246,11 +243,28 @@ def print_score(label: str, score: Any, method: str) -> None:
     ]
     if score.unknown:
         rows.append(("unknown symbols", f"{score.unknown:,}"))
-    for name, value in rows:
-        table.add_row(Text(name), Text(value))
+    return rows
+
+
+def print_score(label: str, score: Any, method: str) -> None:
+    """A text's scores as a two-column table on stdout."""
+    print_scores(label, [("", score)], [f"method: {method}"])
+
+
+def print_scores(label: str, columns: list[tuple[str, Any]], notes: list[str]) -> None:
+    """Scores of one text side by side on stdout, a column per (heading, Score), then notes
+    (dim lines). With one column and no heading the table has no header."""
+    headed = any(heading for heading, _ in columns)
+    table = Table(title=Text(_plain(f"scores for {label}")), show_header=headed, box=None, padding=(0, 2))
+    table.add_column(justify="left")
+    for heading, _ in columns:
+        table.add_column(Text(heading), justify="right", overflow="fold")
+    for i, (name, value) in enumerate(_score_rows(columns[0][1])):
+        table.add_row(Text(name), Text(value), *(Text(_score_rows(s)[i][1]) for _, s in columns[1:]))
     out = _stdout_console()
     out.print(table)
-    out.print(Text(f"method: {method}", style="dim"), soft_wrap=True)
+    for note in notes:
+        out.print(Text(_plain(note), style="dim"), soft_wrap=True)
 
 
 def print_line_scores(lines: list[tuple[int, str]], scores: list[Any], preview: int = 40) -> None:

@@ -5,11 +5,13 @@
 
 A whole text is scored as one stream (scoring.py's lanes method, with the run's own
 validation lanes by default, so its figures match training's); lines can be scored each on
-its own from a fresh state; a run's own test or validation split can be scored again.
+its own from a fresh state; a run's own test or validation split can be scored again; and a
+text or split can be scored both statically and dynamically (score_dynamic, a Comparison).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from charlm.errors import CharlmError, check
+from charlm.inference.dynamic import Comparison, DynamicSettings, score_tokens_dynamic
 from charlm.inference.scoring import DEFAULT_LANES, DEFAULT_WINDOW, Score, score_sequences, score_tokens
 from charlm.runs.open import open_run
 from charlm.text.sources import TextCounter
@@ -77,6 +80,10 @@ class Scorer:
 
     def score_text(self, text: Union[str, Iterable[str]]) -> Score:
         """Score a text (a string, or chunks of one cut at newlines) as one stream."""
+        return self.score_ids(*self.encode_text(text))
+
+    def encode_text(self, text: Union[str, Iterable[str]]) -> tuple[np.ndarray, int, int, int, int]:
+        """What score_text scores: (ids, chars, bytes, words, unknown) of a text, or of chunks of one."""
         chunks = [text] if isinstance(text, str) else text
         counter = TextCounter()
         parts = []
@@ -86,7 +93,7 @@ class Scorer:
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         if counter.chars == 0:
             raise CharlmError("nothing to score: the text is empty")
-        return self.score_ids(ids, counter.chars, counter.bytes, counter.words, self._count_unknown(ids))
+        return ids, counter.chars, counter.bytes, counter.words, self._count_unknown(ids)
 
     def score_lines(self, lines: Sequence[str], batch_size: int = 64) -> list[Score]:
         """Score each line on its own, from a fresh state (empty lines score zero tokens)."""
@@ -112,6 +119,11 @@ class Scorer:
 
     def score_split(self, split: str = "auto") -> tuple[str, Score]:
         """Score the run's own test split (or val with split='val'); auto takes test, else val."""
+        split, encoded = self.encode_split(split)
+        return split, self.score_ids(*encoded)
+
+    def encode_split(self, split: str) -> tuple[str, tuple[np.ndarray, int, int, int, int]]:
+        """What score_split scores: the split's name (auto resolved) and its (ids, chars, bytes, words, unknown)."""
         if self.run is None:
             raise CharlmError("scoring a run's split needs a Scorer made from a run directory")
         from charlm.text.corpus import prepare_corpus_for
@@ -123,7 +135,33 @@ class Scorer:
             split = "test" if len(corpus.splits["test"]) else "val"
         if not len(corpus.splits[split]):
             raise CharlmError(f"the run has no {split} split; pass --data to score a text")
-        score = self.score_ids(
+        return split, (
             corpus.splits[split], corpus.chars[split], corpus.bytes[split], corpus.words[split], corpus.unknown[split]
+        )  # fmt: skip
+
+    def score_dynamic(
+        self,
+        text: Union[str, Iterable[str], None] = None,
+        settings: DynamicSettings = DynamicSettings(),
+        split: str = "auto",
+        label: Optional[str] = None,
+    ) -> Comparison:
+        """Score a text (None: the run's split, as score_split) twice from one encoding: with
+        the trained weights, then adapting a copy of them as it goes (inference/dynamic.py).
+        The model itself is left as it was. label: what the Comparison calls the text."""
+        settings.validate()
+        if text is None:
+            split, encoded = self.encode_split(split)
+            label = label or split
+        else:
+            encoded = self.encode_text(text)
+            label = label or "text"
+        started = time.perf_counter()
+        static = self.score_ids(*encoded)
+        middle = time.perf_counter()
+        ids, *counts = encoded
+        dynamic = score_tokens_dynamic(
+            self.model, ids, self.context_id, settings, self.lanes, self.device, self.precision
         )
-        return split, score
+        dynamic.chars, dynamic.bytes, dynamic.words, dynamic.unknown = counts
+        return Comparison(label, static, dynamic, settings, middle - started, time.perf_counter() - middle)

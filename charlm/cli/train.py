@@ -194,7 +194,7 @@ class _StopFlag:
 @click.option(
     "--auto-size/--no-auto-size",
     default=_T.auto_size,
-    help="Choose --hidden, --embed, --tie-weights, --batch-size, --lr and --warmup-steps, those not given, "
+    help="Choose --hidden, --embed, --tie-weights, --dropout-kind, --batch-size, --lr and --warmup-steps, those not given, "
     "for the budget and this machine's measured speed (a probe of a few seconds, counted in --max-time).",
 )
 @config_option("--batch-size", "-b", help="Parallel lanes of the token stream (B).")
@@ -317,7 +317,8 @@ def _train(
         probed = f"; probed {len(choice.measured)} candidates in {choice.probe_seconds:.1f}s" if choice.measured else ""
         console.info(
             f"model for the budget: {shape.layers}x{shape.hidden} {shape.cell}, embed {shape.embed}"
-            f"{', tied output' if shape.tie_weights else ''}; batch {train.batch_size}, lr {train.lr:.3g}, "
+            f"{', tied output' if shape.tie_weights else ''}, {shape.dropout_kind} dropout {shape.dropout:g}; "
+            f"batch {train.batch_size}, lr {train.lr:.3g}, "
             f"warmup {train.warmup_steps}{probed}"
         )
         console.note(f"why: {choice.reason} (--no-auto-size or any of these options keeps your own)")

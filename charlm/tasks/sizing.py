@@ -9,7 +9,8 @@ smaller model reads more text per minute, a larger one learns more from each tok
 sweeps in BENCHMARKS.md (issue 14) put the balance near that figure. Then the batch: the most
 lanes (at most 32 on a CPU, 256 on a GPU) that still leave MIN_STEPS optimizer steps, the
 learning rate scaled by sqrt(B / 32), warm-up at most 5% of the steps. A large vocabulary
-ties the output layer to a wider embedding, which makes its cost per token a fraction.
+ties the output layer to a wider embedding, which makes its cost per token a fraction, and
+dropout is locked (one mask per lane for the window), which is cheaper than fresh masks.
 Every option the user gives is kept as given; the rule decides only the rest.
 """
 
@@ -24,14 +25,16 @@ from charlm.config import ModelShape, TrainConfig
 
 HIDDENS = (128, 192, 256, 320, 384, 512, 640, 768, 1024)
 TOKENS_PER_PARAMETER = 3.0
-MIN_STEPS = 800
+MIN_STEPS = 1500
 BATCHES = (8, 16, 32, 64, 128, 256)
 MAX_CPU_BATCH = 32
 REFERENCE_BATCH, REFERENCE_LR, MAX_LR = 32, 6e-3, 1e-2
 MAX_WARMUP, MIN_WARMUP = 100, 10
 LARGE_VOCABULARY, LARGE_VOCABULARY_EMBED = 1000, 128
 # what the rule may decide: model fields, then training fields
-SHAPE_DECISIONS = ("hidden", "embed", "tie_weights")
+SHAPE_DECISIONS = ("hidden", "embed", "tie_weights", "dropout_kind")
+# locked (variational) dropout: about 10% faster than standard on a CPU and no worse (BENCHMARKS.md)
+CHOSEN_DROPOUT_KIND = "locked"
 TRAIN_DECISIONS = ("batch_size", "lr", "warmup_steps")
 
 Throughput = Callable[[ModelShape, int], float]  # tokens/s of (shape, lanes); 0 when it cannot run
@@ -87,7 +90,8 @@ class SizeChoice:
     probe_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        chosen = {name: getattr(self.shape, name) for name in ("cell", "layers", "hidden", "embed", "tie_weights")}
+        names = ("cell", "layers", "hidden", "embed", "tie_weights", "dropout_kind")
+        chosen = {name: getattr(self.shape, name) for name in names}
         chosen.update(batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps)
         return {
             "rule": "tokens-per-parameter",
@@ -126,6 +130,8 @@ def choose_size(
     shape's and train's values. throughput(shape, B) is only asked when time limits the run."""
     decided = [name for name in SHAPE_DECISIONS + TRAIN_DECISIONS if name not in given]
     base = dataclasses.replace(shape)
+    if "dropout_kind" not in given:
+        base.dropout_kind = CHOSEN_DROPOUT_KIND
     if vocab_size > LARGE_VOCABULARY:
         # the output layer's H x V matrix would cost more per token than the recurrence:
         # tie it to a (wider) embedding, whose E x V cost is a fraction of it

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,10 @@ def run_charlm(path: Path, budget: float, args, shape: str | None, env: dict) ->
             raise RuntimeError(f"charlm train failed:\n{proc.stderr}")
         events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         config = json.loads((out / "config.json").read_text())
+        if args.keep_runs:  # for later use (bench/dynamic_eval.py), outside the repository
+            kept = args.keep_runs / f"{path.stem}-{shape or 'auto'}-{budget:g}s"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(out, kept)
     row = {"who": "charlm", "shape_option": shape, "budget_s": budget, "command": "charlm " + " ".join(command[3:])}
     return {**row, **budget_report.charlm_figures(events, config, launched, budget)}
 
@@ -221,6 +226,7 @@ def main() -> int:
     parser.add_argument("--baseline-budgets", default="300", help="the bare-PyTorch baseline's (empty: none)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument("--shapes", default="", help="extra charlm rows with LAYERSxHIDDEN fixed, e.g. 2x256,2x384")
+    parser.add_argument("--keep-runs", type=Path, help="copy each charlm run directory into this folder")
     parser.add_argument("extra", nargs="*", help="more `charlm train` options (after --), for tuning trials")
     args = parser.parse_args()
     names = [n for n in (args.corpora or ("" if args.file else "shakespeare")).split(",") if n]

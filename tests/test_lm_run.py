@@ -20,6 +20,7 @@ from charlm.config import ModelConfig, ModelShape, TrainConfig
 from charlm.errors import CharlmError, OptionError
 from charlm.runs.directory import CONFIG_FILE
 from charlm.tasks.lm_run import LanguageModelRun, plan_run
+from charlm.tasks.sizing import SHAPE_DECISIONS
 from charlm.text.corpus import prepare_corpus, prepare_corpus_for
 from charlm.text.tokenizer import CharTokenizer, fingerprint, same_tokenizer
 from charlm.training.preflight import check_training_memory
@@ -45,7 +46,7 @@ def trained(tmp_path):
     """A run of six steps, made through the library; its corpus path."""
     corpus = write_text(tmp_path / "text.txt", word_text(3000, seed=5))
     options = {**OPTIONS, "data": str(corpus)}
-    given = set(options) | {"hidden", "embed", "tie_weights"}  # the shape is the test's, not the budget rule's
+    given = set(options) | set(SHAPE_DECISIONS)  # the shape is the test's, not the budget rule's
     run, result = train_with_the_library(options, given, tmp_path / "run")
     assert result.reason == "max_steps" and run.run_dir.path == tmp_path / "run"
     return tmp_path / "run", corpus

@@ -210,8 +210,10 @@ class TrainReporter:
             "epochs": "reached --epochs",
             "interrupted": "interrupted",
         }
-        best = e.get("best_val_loss")
-        best_text = f"; best val loss {best:.4f} nats/token" if best is not None else ""
+        # the last validation: the whole split at a normal end (the best checkpoint is chosen on
+        # the sample the passes during training score, whose loss is not comparable with it)
+        last = e.get("last_val_loss")
+        best_text = f"; val loss {last:.4f} nats/token" if last is not None else ""
         if e.get("skipped_steps") or e.get("rollbacks"):
             best_text += f"; {e.get('skipped_steps', 0)} bad step(s) skipped, {e.get('rollbacks', 0)} rollback(s)"
         self.console.info(

@@ -147,19 +147,16 @@ def choose_size(
     def enough(candidate: ModelShape) -> bool:
         return limits.tokens(candidate, batch, throughput) >= TOKENS_PER_PARAMETER * recurrent_parameters(candidate)
 
-    # tokens per parameter only falls as the width grows: a binary search asks the probe about few widths
-    low, high = 0, len(candidates) - 1
-    if len(candidates) > 1:
-        best = 0
-        while low <= high:
-            middle = (low + high) // 2
-            if enough(candidates[middle]):
-                best, low = middle, middle + 1
-            else:
-                high = middle - 1
-        chosen = candidates[best]
-    else:
-        chosen = candidates[0]
+    # tokens per parameter only falls as the width grows: a binary search asks the probe about
+    # few widths; when none sees enough, the narrowest (and a width given is the only candidate)
+    best, low, high = 0, 0, len(candidates) - 1
+    while low <= high and len(candidates) > 1:
+        middle = (low + high) // 2
+        if enough(candidates[middle]):
+            best, low = middle, middle + 1
+        else:
+            high = middle - 1
+    chosen = candidates[best]
 
     if "batch_size" not in given:
         batch = _choose_batch(chosen, limits, throughput, MAX_CPU_BATCH if not on_gpu else BATCHES[-1], lane_ok)

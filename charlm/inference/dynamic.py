@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from charlm.errors import check
 from charlm.hardware import autocast
-from charlm.inference.scoring import DEFAULT_LANES, MIN_LANE_TOKENS, Score, _gather
+from charlm.inference.scoring import DEFAULT_LANES, MIN_LANE_TOKENS, Score, _gather, lane_count
 from charlm.models.state import detach as detach_state
 from charlm.models.state import take_lanes
 
@@ -162,7 +162,7 @@ def score_tokens_dynamic(
     n = len(tokens)
     if n == 0:
         return Score(nll=0.0, tokens=0)
-    lanes = max(1, min(lanes, n // max(min_lane_tokens, 1)))  # as score_tokens: short texts get fewer lanes
+    lanes = lane_count(n, lanes, min_lane_tokens)  # as score_tokens
     span = n // lanes  # at least 1: lanes <= n
     work = _working_copy(model, device)
     adapter = _Adapter([p for p in work.parameters()], settings)

@@ -115,6 +115,12 @@ def _gather(tokens: np.ndarray, context_id: int, positions: np.ndarray) -> torch
     return torch.from_numpy(out)
 
 
+def lane_count(n: int, lanes: int, min_lane_tokens: int = MIN_LANE_TOKENS) -> int:
+    """How many lanes a text of n tokens is cut into: at most `lanes`, and at most one per
+    min_lane_tokens tokens, so a short text gets fewer (or no) context resets."""
+    return max(1, min(lanes, n // max(min_lane_tokens, 1)))
+
+
 @torch.no_grad()
 def score_tokens(
     model: torch.nn.Module,
@@ -144,7 +150,7 @@ def score_tokens(
     n = len(tokens)
     if n == 0:
         return Score(nll=0.0, tokens=0)
-    lanes = max(1, min(lanes, n // max(min_lane_tokens, 1)))  # short texts: fewer (or no) resets
+    lanes = lane_count(n, lanes, min_lane_tokens)
     span = n // lanes  # predictions per lane; the remainder continues the last lane
     first, last = part.bounds(lanes)  # this part's lanes
     was_training = model.training

@@ -182,6 +182,8 @@ class TrainConfig(_Options):
     epochs: Optional[float] = None
     # the model's size (and batch and learning rate) chosen for the budget, unless given
     auto_size: bool = True
+    # a language-model run whose weights, shape and tokenizer a new run starts from (fine-tuning)
+    init_from: Optional[str] = None
     # cadence
     eval_every: int = 500
     eval_batch_size: int = 16

@@ -128,7 +128,11 @@ class Engine:
         return self.position.progress()
 
     def stop_reason(self) -> Optional[str]:
-        return self.position.stop_reason()
+        """Why the run stops now: a limit, an interrupt, the task's own (early stopping), or None."""
+        reason = self.position.stop_reason()
+        if reason is None and hasattr(self.task, "stop_reason"):
+            reason = self.task.stop_reason()
+        return reason
 
     # ----- the loop ---------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -144,7 +148,7 @@ class Engine:
         reason = None
         while True:
             position.agree()
-            reason = position.stop_reason()
+            reason = self.stop_reason()
             if reason:
                 if recovery.read_back():
                     position.restart_timing()
@@ -154,7 +158,7 @@ class Engine:
                 self.task.start_epoch(position.epoch)
             batch = self.task.batch(position.epoch, position.window)
             lr = position.learning_rate(recovery.lr_scale)
-            self.steps.set_lr(lr)
+            self.steps.set_lr(lr, self._lr_factors())
             recovery.guarded(lambda: recovery.add(self.steps.run(position.step + 1, batch)))  # noqa: B023  (called at once)
             position.advance(self.task.batch_tokens(batch))
             last_was_eval = False
@@ -190,6 +194,11 @@ class Engine:
                    "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
                    "skipped_steps": recovery.skipped_steps, "rollbacks": recovery.rollbacks})  # fmt: skip
         return TrainResult(self.step, reason, self.elapsed, self.best_val_loss, self.last_val_loss)
+
+    def _lr_factors(self) -> Optional[dict[str, float]]:
+        """The task's learning-rate factor of each parameter group at this point of the run."""
+        factors = getattr(self.task, "lr_factors", None)
+        return factors(self.position.epoch_progress()) if factors is not None else None
 
     def _start_event(self) -> dict[str, Any]:
         position = self.position

@@ -14,7 +14,7 @@ step failed (out of memory), so the engine knows whether the weights are consist
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -33,7 +33,7 @@ class StepRunner:
                  precision: str, world: World, faults: FaultPlan):  # fmt: skip
         self.model, self.task, self.faults = model, task, faults
         self.config, self.device, self.world = config, device, world
-        self.optimizer = build_optimizer(model, config)
+        self.optimizer = build_optimizer(model, config, getattr(task, "parameter_group", None))
         self._fused = bool(self.optimizer.defaults.get("fused"))
         self.scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
         self.forward_model: torch.nn.Module = model  # what the step calls: maybe DDP, maybe compiled
@@ -47,9 +47,10 @@ class StepRunner:
         self.guard = DivergenceGuard(config.spike_factor, check_gradient=(precision != "fp16"), device=device)
         self.updating = False  # between the start of an update and its end
 
-    def set_lr(self, lr: float) -> None:
+    def set_lr(self, lr: float, factors: Optional[dict[str, float]] = None) -> None:
+        """Every group's rate: lr, times the task's factor for the group's name if any."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * factors.get(group.get("name", ""), 1.0) if factors else lr
 
     def run(self, number: int, batch: Any) -> torch.Tensor:
         """Step `number` (1-based) on `batch`; returns the guard's record of it (on the device)."""

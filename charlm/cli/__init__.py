@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from charlm import __version__
+from charlm.cli.classify import classify
 from charlm.cli.errors import CharlmGroup
 from charlm.cli.generate import generate
 from charlm.cli.options import GROUP_CONTEXT  # sets the prefix; each command reads CHARLM_<COMMAND>_<OPTION>
@@ -26,6 +27,7 @@ def cli() -> None:
 cli.add_command(train)
 cli.add_command(generate)
 cli.add_command(perplexity)
+cli.add_command(classify)
 
 
 def main() -> None:

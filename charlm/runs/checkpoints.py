@@ -29,6 +29,7 @@ from safetensors.torch import save_model
 from charlm.config import RunConfig
 from charlm.errors import CharlmError, first_line
 from charlm.files import UMASK, fsync_dir, require_regular_file, temporary_folder
+from charlm.models.classifier import SequenceClassifier
 from charlm.models.rnnlm import RNNLM
 from charlm.runs.layout import BEST, CONFIG_FILE, LAST, STATE_FILE, WEIGHTS_FILE
 
@@ -57,12 +58,18 @@ def _shape(dims) -> str:
     return "x".join(str(d) for d in dims) or "scalar"
 
 
+def build_model(config: RunConfig) -> torch.nn.Module:
+    """The model config.json describes, freshly initialised: an RNNLM, or a
+    SequenceClassifier for a classifier run."""
+    return SequenceClassifier(config.model) if config.is_classifier else RNNLM(config.model)
+
+
 def check_weights_file(path: Path, config: RunConfig) -> None:
     """The tensors of a safetensors file against the model config.json describes (see
     check_tensors). The model is laid out on the meta device, which allocates nothing."""
     try:
         with torch.device("meta"):
-            expected = RNNLM(config.model)
+            expected = build_model(config)
     except (RuntimeError, ValueError, OverflowError) as exc:
         raise CharlmError(
             f"{path.parent.parent / CONFIG_FILE} describes a model that cannot be built ({first_line(exc)}); "
@@ -177,8 +184,9 @@ def checkpoint_metadata(root: Path, which: str) -> dict[str, Any]:
 
 def load_model(
     root: Path, config: RunConfig, which: str = "auto", device: Union[str, torch.device] = "cpu"
-) -> tuple[RNNLM, str]:
-    """Build the model config describes and load its weights; which is best, last or auto.
+) -> tuple[torch.nn.Module, str]:
+    """Build the model config describes (an RNNLM, or a SequenceClassifier for a classifier
+    run) and load its weights; which is best, last or auto.
 
     The file's tensor names, shapes and types are checked against config.json before the
     model is built (so a crafted config cannot make it allocate without bound), and the
@@ -192,7 +200,7 @@ def load_model(
             path = folder / WEIGHTS_FILE
             require_regular_file(path, "the checkpoint is incomplete: copy the whole run folder")
             check_weights_file(path, config)
-            model = RNNLM(config.model)
+            model = build_model(config)
             try:
                 load_safetensors_model(model, str(path), strict=True, device=str(device))
             except (SafetensorError, RuntimeError, OSError) as exc:
@@ -243,6 +251,7 @@ def _require_finite(path: Path, tensors, which: str) -> None:
                 f"{path}: tensor {tensor_name!r} holds NaN or infinite values, so the model cannot "
                 f"be used; try --checkpoint {other} or train again from an earlier checkpoint"
             )
+
 
 def load_trainer_state(root: Path) -> dict[str, Any]:
     """last/trainer_state.pt through torch.load(weights_only=True): plain tensors and

@@ -24,7 +24,6 @@ import torch
 from charlm.config import RunConfig
 from charlm.errors import CharlmError, OptionError
 from charlm.files import CONFIG_LIMIT, atomic_write_bytes, read_json
-from charlm.models.rnnlm import RNNLM
 from charlm.runs import checkpoints, metrics
 from charlm.runs.layout import (  # noqa: F401  (re-exported: callers import the names from here)
     BEST,
@@ -205,8 +204,9 @@ class RunDirectory:
 
     def load_model(
         self, which: str = "auto", device: Union[str, torch.device] = "cpu", config: Optional[RunConfig] = None
-    ) -> tuple[RNNLM, str]:
-        """The model config.json describes with the weights of checkpoint which (best, last or auto)."""
+    ) -> tuple[torch.nn.Module, str]:
+        """The model config.json describes (an RNNLM, or a SequenceClassifier for a classifier
+        run) with the weights of checkpoint which (best, last or auto)."""
         return checkpoints.load_model(self.path, config or self.read_config(), which, device)
 
     def read_weights(self, which: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ torchrun.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable, Union
 
@@ -23,9 +24,18 @@ RESUMABLE_OPTIONS = frozenset({
 })  # fmt: skip
 
 
+def _trains(run: Union[str, Path]) -> str:
+    """The command that trains the run in `run`: a classifier's config.json says so."""
+    try:
+        task = json.loads((Path(run) / "config.json").read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        task = None
+    return "charlm classify train" if task == "classify" else "charlm train"
+
+
 def resume_command(run: Union[str, Path], distributed: bool = False, extra: str = "") -> str:
     """The command that continues the run in `run`; `extra` adds options (e.g. "--lr 0.003")."""
-    command = f"charlm train --out {run} --resume" + (f" {extra}" if extra else "")
+    command = f"{_trains(run)} --out {run} --resume" + (f" {extra}" if extra else "")
     if distributed:
         return f"torchrun ... -m {command} (any number of processes)"
     return command

@@ -157,6 +157,14 @@ class _StopFlag:
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out.")
+@click.option(
+    "--init-from",
+    metavar="RUN",
+    help="Start a new run from the language-model run in RUN: its weights (best checkpoint, else last), its "
+    "tokenizer and its model's shape, e.g. to adapt it to the text of --data. --dropout and the regularisers may "
+    "be given anew; --cell, --layers, --hidden, --embed, --tie-weights and the tokenizer options come from RUN. "
+    "A new optimizer, step 0; the budget rule may still choose --batch-size, --lr and --warmup-steps.",
+)
 @config_option("--tokenizer", type=click.Choice(TOKENIZERS), help="How text becomes tokens.")
 @config_option("--vocab-size", help="SentencePiece vocabulary size (above 260).")
 @click.option(
@@ -302,6 +310,8 @@ def _train(
     _apply_cadence(options)
     with naming_environment(ctx):
         run = LanguageModelRun.start(options, shape, given, out, resume, overwrite, world=world)
+    if run.plan.init is not None:
+        console.info(f"starting from {run.plan.init.describe()}, with its tokenizer and model shape")
 
     corpus = run.prepare_corpus(on_stage=console.note)
     for note in corpus.notes:
@@ -315,12 +325,15 @@ def _train(
     if choice is not None:
         shape, train = run.plan.shape, run.train
         probed = f"; probed {len(choice.measured)} candidates in {choice.probe_seconds:.1f}s" if choice.measured else ""
-        console.info(
-            f"model for the budget: {shape.layers}x{shape.hidden} {shape.cell}, embed {shape.embed}"
-            f"{', tied output' if shape.tie_weights else ''}, {shape.dropout_kind} dropout {shape.dropout:g}; "
-            f"batch {train.batch_size}, lr {train.lr:.3g}, "
-            f"warmup {train.warmup_steps}{probed}"
+        model = (
+            f"{shape.layers}x{shape.hidden} {shape.cell}, embed {shape.embed}"
+            f"{', tied output' if shape.tie_weights else ''}, {shape.dropout_kind} dropout {shape.dropout:g}"
         )
+        batch = f"batch {train.batch_size}, lr {train.lr:.3g}, warmup {train.warmup_steps}{probed}"
+        if run.plan.init is not None:  # the budget rule chose no part of the model
+            console.info(f"model from --init-from: {model}; for the budget: {batch}")
+        else:
+            console.info(f"model for the budget: {model}; {batch}")
         console.note(f"why: {choice.reason} (--no-auto-size or any of these options keeps your own)")
     with naming_environment(ctx):
         run_dir = run.open_run_directory()

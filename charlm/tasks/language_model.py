@@ -10,7 +10,9 @@ resume takes back this process's share. Validation scores the validation split t
 `charlm perplexity` does (inference/scoring.py), each process a share of the lanes.
 
 Besides the carried state, a checkpoint keeps a check of the training data (token count,
-fingerprint, the epoch's lane offset), so a resume refuses a corpus that changed.
+fingerprint, the epoch's lane offset), so a resume refuses a corpus that changed. A new run
+started from another (--init-from, init_from.py) gets that run's weights in build_model, over
+the seeded initial ones, so the random state that follows is a fresh run's as ever.
 
 `Trainer` is the engine with this task, under the constructor the CLI, the tests and the
 README use; it lives here rather than in charlm.training because the engine never imports
@@ -33,6 +35,7 @@ from charlm.inference.scoring import DEFAULT_WINDOW, score_tokens
 from charlm.models import state as states
 from charlm.models.rnnlm import RNNLM
 from charlm.runs.directory import RunDirectory
+from charlm.tasks.init_from import InitSource
 from charlm.tasks.lanes import LaneBatcher
 from charlm.text.corpus import PreparedCorpus
 from charlm.text.tokenizer import context_token_id
@@ -56,8 +59,12 @@ class LanguageModelTask:
     """Next-token prediction over TBPTT lanes; see the module docstring."""
 
     def __init__(self, model_config: ModelConfig, config: TrainConfig, corpus: PreparedCorpus,
-                 device: torch.device, precision: str, world: World = SINGLE):  # fmt: skip
+                 device: torch.device, precision: str, world: World = SINGLE,
+                 init_from: Optional[InitSource] = None):  # fmt: skip
+        """init_from: the run whose weights a new run starts from (never for a resume, whose
+        checkpoint replaces the weights built)."""
         distributed.check_lane_share(config.batch_size, world.size)
+        self.init_from = init_from
         self.model_config = model_config
         self.config = config
         self.corpus = corpus
@@ -76,7 +83,11 @@ class LanguageModelTask:
         self._fingerprint: Optional[str] = None
 
     def build_model(self, device: torch.device) -> RNNLM:
-        return RNNLM(self.model_config).to(device)
+        model = RNNLM(self.model_config)
+        if self.init_from is not None:  # rank 0 reads them and sends them to the others
+            weights = self.init_from.read_weights(model) if self.world.is_main else None
+            model.load_state_dict(distributed.broadcast(self.world, weights))
+        return model.to(device)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -198,12 +209,14 @@ class LanguageModelTask:
 
 class Trainer(Engine):
     """The training engine with the language-model task: charlm's `train`. The options after
-    `precision` are the Engine's, by keyword: on_event, should_stop, faults, world, check_every."""
+    `precision` are the Engine's, by keyword: on_event, should_stop, faults, world, check_every,
+    spent_before; and init_from, the task's (a new run's initial weights from another run)."""
 
     def __init__(self, model_config: ModelConfig, config: TrainConfig, corpus: PreparedCorpus, run_dir: RunDirectory,
                  device: torch.device, precision: str, **options: Any):  # fmt: skip
         self.corpus = corpus
-        task = LanguageModelTask(model_config, config, corpus, device, precision, options.get("world", SINGLE))
+        task = LanguageModelTask(model_config, config, corpus, device, precision, options.get("world", SINGLE),
+                                 init_from=options.pop("init_from", None))  # fmt: skip
         super().__init__(task, config, run_dir, device, precision, **options)
 
     @property

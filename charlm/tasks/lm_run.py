@@ -14,8 +14,10 @@ can report between:
 A new run with auto_size on (the default) has the shape, batch and learning rate it was not
 given chosen for its budget (sizing.py, after a short probe of this machine, probe.py); the
 probe's seconds count in a time budget, and the choice is kept in config.json, so a resume
-never decides again. Whatever can be refused is refused as early as it can be told: the options and the run
-folder before the corpus is read, and a model that cannot fit in memory before anything is
+never decides again. A run started from another (`init_from`, init_from.py) has that run's
+shape and tokenizer, so the rule chooses at most its batch and learning rate. Whatever can be
+refused is refused as early as it can be told: the options, the run folder and the run to start
+from before the corpus is read, and a model that cannot fit in memory before anything is
 allocated (with the run's own vocabulary on a resume, else the smallest the tokenizer can
 give, and again once the tokenizer is fitted). Under torchrun only rank 0 reads or creates
 the run folder and sends its plan to the others; rank 0 prepares the corpus first, so the
@@ -38,6 +40,7 @@ from charlm.errors import CharlmError
 from charlm.hardware import resolve_device, resolve_precision, set_threads
 from charlm.runs.create import check_out_writable, create_run_directory
 from charlm.runs.directory import RunDirectory
+from charlm.tasks.init_from import TOKENIZER_FROM_RUN, InitSource, open_init_source, shared_tokenizer, unseen_note
 from charlm.tasks.lanes import require_tokens
 from charlm.tasks.language_model import Trainer, tokens_fingerprint
 from charlm.tasks.probe import SECONDS_PER_CANDIDATE, ThroughputProbe
@@ -45,7 +48,7 @@ from charlm.tasks.sizing import SHAPE_DECISIONS, TRAIN_DECISIONS, Limits, SizeCh
 from charlm.text.corpora import resolve_default_corpus
 from charlm.text.corpus import PreparedCorpus, prepare_corpus_for
 from charlm.text.sources import TextSource
-from charlm.text.tokenizer import fingerprint, same_tokenizer
+from charlm.text.tokenizer import Tokenizer, fingerprint, same_tokenizer
 from charlm.training import distributed
 from charlm.training.distributed import SINGLE, World
 from charlm.training.faults import FaultPlan
@@ -71,7 +74,8 @@ class RunPlan:
     saved: Optional[RunConfig] = None  # the run's config.json, on a resume
     changed: dict[str, list] = field(default_factory=dict)  # resumed options given new values: [old, new]
     main_source: Optional[TextSource] = None  # the default corpus, resolved
-    given: frozenset = frozenset()  # the options the user set
+    given: frozenset = frozenset()  # the options the user set (and those init_from fixes)
+    init: Optional[InitSource] = None  # the run a new run starts from
 
 
 def plan_run(
@@ -89,8 +93,13 @@ def plan_run(
     applied to the saved config; a new run with no `data` given trains on the default
     corpus (downloaded once, with an offline fallback)."""
     given = set(given) - _RUN_OPTIONS
-    saved, changed, main_source = None, {}, None
+    saved, changed, main_source, init = None, {}, None, None
     if resume:
+        if options.get("init_from") or "init_from" in given:
+            raise CharlmError(
+                "--init-from and --resume contradict each other: a resumed run continues from its own checkpoint; "
+                "leave --init-from out"
+            )
         if out is None:
             raise CharlmError("--resume needs --out, the run directory to continue")
         if overwrite:
@@ -107,6 +116,13 @@ def plan_run(
             # absolute paths, so a resumed run finds its corpus from any working directory
             if options.get(name) and Path(options[name]).expanduser().exists():
                 options[name] = str(Path(options[name]).expanduser().resolve())
+        if options.get("init_from"):
+            init = open_init_source(options["init_from"])
+            options["init_from"] = str(init.path)
+            shape = init.fix(shape, options, given)
+            given |= set(SHAPE_DECISIONS) | set(TOKENIZER_FROM_RUN)  # RUN's, which the budget rule keeps
+            if out is not None and Path(out).expanduser().resolve() == init.path:
+                raise CharlmError("--out is the --init-from run itself; give the new run a folder of its own")
         train = TrainConfig(**options)
         train.validate()
         shape.validate()
@@ -118,7 +134,7 @@ def plan_run(
         label, files, notes = resolve_default_corpus()
         main_source = TextSource(label=label, files=files, notes=notes)
         train.data = label
-    return RunPlan(train, shape, out, resume, overwrite, saved, changed, main_source, frozenset(given))
+    return RunPlan(train, shape, out, resume, overwrite, saved, changed, main_source, frozenset(given), init)
 
 
 class LanguageModelRun:
@@ -133,6 +149,8 @@ class LanguageModelRun:
         check_precision_runs(plan.shape.cell, self.device, self.precision)
         self.threads: int = set_threads(self.train.threads, processes_here=world.local_size)
         known = plan.saved.model.vocab_size if plan.saved is not None else None
+        if plan.init is not None:
+            known = plan.init.config.model.vocab_size
         check_training_memory(plan.shape, self.train, self.device, self.precision, known, world.size)
         self.corpus: Optional[PreparedCorpus] = None
         self.prepare_seconds = 0.0
@@ -152,10 +170,14 @@ class LanguageModelRun:
         """Read, split and tokenize the corpus, or find it in the token cache."""
         # rank 0 prepares it first; the others then find it in the cache (when the machines
         # share a file system) or prepare their own, which must come out the same
+        started = time.perf_counter()
+        tokenizer = self._fixed_tokenizer()
         if not self.world.is_main:
             distributed.barrier(self.world)
-        started = time.perf_counter()
-        self.corpus = prepare_corpus_for(self.train, self.threads, self.plan.main_source, on_stage)
+        self.corpus = prepare_corpus_for(self.train, self.threads, self.plan.main_source, on_stage, tokenizer)
+        note = unseen_note(self.corpus, self.plan.init) if self.plan.init is not None else None
+        if note:
+            self.corpus.notes.append(note)
         unseen = self._unseen_share(self.corpus)
         if unseen > MAX_UNSEEN_SHARE:
             # a character model cannot score what it never saw; bytes spell every character
@@ -212,6 +234,15 @@ class LanguageModelRun:
         self.choice = choice
         return choice
 
+    def _fixed_tokenizer(self) -> Optional[Tokenizer]:
+        """The tokenizer a run started from another encodes with (None: fit one): that run's
+        for a new run, the run's own copy on a resume."""
+        if self.plan.init is not None:
+            return shared_tokenizer(self.world, self.plan.init.tokenizer)
+        if self.resume and self.train.init_from:
+            return shared_tokenizer(self.world, lambda: RunDirectory(self.plan.out).load_tokenizer(self.plan.saved))
+        return None
+
     def _unseen_share(self, corpus: PreparedCorpus) -> float:
         """The share of validation characters the character tokenizer had to call unknown,
         when the budget rule may choose the tokenizer (else 0)."""
@@ -248,7 +279,10 @@ class LanguageModelRun:
                     tokenizer_kind=corpus.tokenizer.kind,
                     tokenizer_fingerprint=fingerprint(corpus.tokenizer),
                     charlm_version=__version__,
-                    extra={"budget": self.choice.to_dict()} if self.choice is not None else {},
+                    extra={
+                        **({"budget": self.choice.to_dict()} if self.choice is not None else {}),
+                        **({"init_from": self.plan.init.to_dict()} if self.plan.init is not None else {}),
+                    },
                 )
                 create_run_directory(run_dir, self.plan.overwrite, corpus.tokenizer, config)
             path = str(run_dir.path)
@@ -268,7 +302,7 @@ class LanguageModelRun:
         spent = self.choice.probe_seconds if self.choice is not None and not self.resume else 0.0
         trainer = Trainer(self.model, self.train, self._corpus(), self.run_dir, self.device, self.precision,
                           on_event=on_event, should_stop=should_stop, faults=faults, world=self.world,
-                          spent_before=spent)  # fmt: skip
+                          spent_before=spent, init_from=None if self.resume else self.plan.init)  # fmt: skip
         if not self.resume:
             return trainer
         try:

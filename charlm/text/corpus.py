@@ -9,7 +9,9 @@ unless --val-data / --test-data name their own sources (sources.py reads them). 
 tokenizer is fitted on the training split only. Each split is encoded chunk by chunk into
 <split>.npy (the smallest unsigned dtype that holds the vocabulary) in a cache folder keyed
 by the sources (path, size, mtime) and the tokenizer options, then memory-mapped; a second
-run with the same corpus and tokenizer reuses it without reading the text again. A cache
+run with the same corpus and tokenizer reuses it without reading the text again. Given a
+tokenizer already fitted (`use_tokenizer`, another run's), its fingerprint joins the key, so
+such a cache is never taken for one fitted on this text. A cache
 folder appears whole (built under a hidden name, then renamed) or not at all, a full disk
 included, and one that no longer matches its meta.json is rebuilt rather than trusted.
 """
@@ -21,7 +23,8 @@ import io
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -39,10 +42,11 @@ from charlm.text.sources import (
     resolve_source,
     slice_stream,
 )
-from charlm.text.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, token_dtype
+from charlm.text.tokenizer import Tokenizer, build_tokenizer, fingerprint, load_tokenizer, token_dtype
 
 CACHE_FORMAT = 2
 SPLITS = ("train", "val", "test")
+UNKNOWN_CHARS_KEPT = 20  # the most common characters a char tokenizer did not know, kept in meta.json
 
 # ---------------------------------------------------------------------------------------
 # Encoding into token files
@@ -115,6 +119,8 @@ class PreparedCorpus:
     cache_dir: Path
     from_cache: bool
     notes: list[str]
+    # the characters read as unknown (char tokenizer), most common first, with their counts
+    unknown_chars: dict[str, int] = field(default_factory=dict)
 
 
 def default_cache_root(data_dir: Optional[Path] = None) -> Path:
@@ -141,13 +147,20 @@ def prepare_corpus(
     data_dir: Optional[Path] = None,
     main_source: Optional[TextSource] = None,
     on_stage: Optional[Callable[[str], None]] = None,
+    use_tokenizer: Optional[Tokenizer] = None,
 ) -> PreparedCorpus:
-    """Resolve, split, fit the tokenizer and encode; reuse the cache when nothing changed."""
+    """Resolve, split, fit the tokenizer and encode; reuse the cache when nothing changed.
+
+    use_tokenizer: encode with this tokenizer instead of fitting one (tokenizer, vocab_size
+    and spm_model_type are then unused); the caller words what it does not know."""
     stage = on_stage or (lambda message: None)
     main = main_source or resolve_source(data, "--data", data_dir)
     val_source = resolve_source(val_data, "--val-data", data_dir) if val_data else None
     test_source = resolve_source(test_data, "--test-data", data_dir) if test_data else None
     notes = list(main.notes)
+    if use_tokenizer is not None:
+        tokenizer = use_tokenizer.kind
+    fitted = use_tokenizer is None
 
     key_fields = {
         "format": CACHE_FORMAT,
@@ -157,10 +170,12 @@ def prepare_corpus(
         "val_fraction": None if val_source else val_fraction,
         "test_fraction": None if test_source else test_fraction,
         "tokenizer": tokenizer,
-        "vocab_size": vocab_size if tokenizer == "sentencepiece" else None,
-        "spm_model_type": spm_model_type if tokenizer == "sentencepiece" else None,
+        "vocab_size": vocab_size if fitted and tokenizer == "sentencepiece" else None,
+        "spm_model_type": spm_model_type if fitted and tokenizer == "sentencepiece" else None,
         "encoding_errors": encoding_errors,
     }
+    if not fitted:  # (only then, so the keys of fitted caches stay as they were)
+        key_fields["tokenizer_fingerprint"] = fingerprint(use_tokenizer)
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
     root = Path(cache_root) if cache_root else default_cache_root(data_dir)
     folder = root / f"{main.label[:40]}-{tokenizer}-{key}"
@@ -176,15 +191,15 @@ def prepare_corpus(
             from_cache = False
     if not from_cache:
         stage(f"reading corpus {main.label}")
-        _build_cache(folder, main, val_source, test_source, key_fields, threads, stage)
+        _build_cache(folder, main, val_source, test_source, key_fields, threads, stage, use_tokenizer)
         meta, tok, splits = _load_cache(folder)
-    if tokenizer == "sentencepiece" and tok.vocab_size < vocab_size:
+    if fitted and tokenizer == "sentencepiece" and tok.vocab_size < vocab_size:
         notes.append(
             f"--vocab-size {vocab_size:,}: sentencepiece found only {tok.vocab_size:,} pieces in this corpus, "
             f"so the vocabulary has {tok.vocab_size:,}; more varied text gives a larger one"
         )
     unknown = meta.get("unknown", {})
-    for name in ("val", "test"):
+    for name in ("val", "test") if fitted else ():
         if unknown.get(name):
             notes.append(
                 f"{unknown[name]:,} character(s) of the {name} split never occur in the training split; "
@@ -201,6 +216,7 @@ def prepare_corpus(
         cache_dir=folder,
         from_cache=from_cache,
         notes=notes,
+        unknown_chars=meta["unknown_chars"],
     )
 
 
@@ -209,9 +225,12 @@ def prepare_corpus_for(
     threads: int = 1,
     main_source: Optional[TextSource] = None,
     on_stage: Optional[Callable[[str], None]] = None,
+    use_tokenizer: Optional[Tokenizer] = None,
 ) -> PreparedCorpus:
     """The corpus a training configuration names, as training reads it (a run's own config
-    gives back the very splits it was trained and validated on, from the cache if it is there)."""
+    gives back the very splits it was trained and validated on, from the cache if it is there).
+    A run started from another run's tokenizer (config.init_from) needs that tokenizer, its
+    own copy, as use_tokenizer to get its splits back."""
     return prepare_corpus(
         config.data,
         val_data=config.val_data,
@@ -225,6 +244,7 @@ def prepare_corpus_for(
         threads=threads,
         main_source=main_source,
         on_stage=on_stage,
+        use_tokenizer=use_tokenizer,
     )
 
 
@@ -234,6 +254,9 @@ def _load_cache(folder: Path) -> tuple[dict, Tokenizer, dict[str, np.ndarray]]:
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         tok = load_tokenizer(folder)
+        expected = meta["key"].get("tokenizer_fingerprint")
+        if expected is not None and fingerprint(tok) != expected:
+            raise ValueError("its tokenizer.json is not the tokenizer it was encoded with")
         splits = {}
         for name in SPLITS:
             count = int(meta["tokens"][name])
@@ -244,10 +267,11 @@ def _load_cache(folder: Path) -> tuple[dict, Tokenizer, dict[str, np.ndarray]]:
             if array.ndim != 1 or len(array) != count or array.dtype != token_dtype(tok.vocab_size):
                 raise ValueError(f"{name}.npy holds {array.shape} {array.dtype}, meta.json says {count}")
             splits[name] = array
-        for key in ("chars", "bytes", "words", "unknown"):
+        meta.setdefault("unknown_chars", {})  # caches from before it was kept
+        for key in ("chars", "bytes", "words", "unknown", "unknown_chars"):
             if not isinstance(meta[key], dict):
                 raise ValueError(f"meta.json {key} is not a mapping")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CharlmError(f"token cache {folder} is damaged ({exc}); delete it and run again") from None
     return meta, tok, splits
 
@@ -262,7 +286,7 @@ def _discard_cache(folder: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-def _build_cache(folder, main, val_source, test_source, key_fields, threads, stage) -> None:
+def _build_cache(folder, main, val_source, test_source, key_fields, threads, stage, use_tokenizer=None) -> None:
     errors = key_fields["encoding_errors"]
     main_chars, main_bytes, has_text = count_text(main, errors)
     check_not_empty(main, "--data", main_chars, has_text)
@@ -289,14 +313,17 @@ def _build_cache(folder, main, val_source, test_source, key_fields, threads, sta
             chars, _, has_text = count_text(source, errors)
             check_not_empty(source, option, chars, has_text)
 
-    stage(f"fitting the {key_fields['tokenizer']} tokenizer on the training split")
-    tok = build_tokenizer(
-        key_fields["tokenizer"],
-        lambda: plans["train"].iter_text(errors),
-        vocab_size=key_fields["vocab_size"] or 0,
-        spm_model_type=key_fields["spm_model_type"] or "unigram",
-        threads=threads,
-    )
+    if use_tokenizer is not None:
+        tok = use_tokenizer
+    else:
+        stage(f"fitting the {key_fields['tokenizer']} tokenizer on the training split")
+        tok = build_tokenizer(
+            key_fields["tokenizer"],
+            lambda: plans["train"].iter_text(errors),
+            vocab_size=key_fields["vocab_size"] or 0,
+            spm_model_type=key_fields["spm_model_type"] or "unigram",
+            threads=threads,
+        )
 
     try:
         _write_cache(folder, main, plans, tok, key_fields, stage)
@@ -315,6 +342,7 @@ def _write_cache(folder, main, plans, tok, key_fields, stage) -> None:
         tok.save(work)
         dtype = token_dtype(tok.vocab_size)
         tokens, chars, nbytes, unknown, words = {}, {}, {}, {}, {}
+        unknown_chars: Counter = Counter()
         for name in SPLITS:
             plan = plans[name]
             writer = _TokenFileWriter(work, name, dtype)
@@ -327,7 +355,12 @@ def _write_cache(folder, main, plans, tok, key_fields, stage) -> None:
                     writer.append(ids)
                     counter.add(chunk)
                     if tok.unk_id is not None:
-                        n_unknown += int(np.count_nonzero(ids == tok.unk_id))
+                        found = int(np.count_nonzero(ids == tok.unk_id))
+                        n_unknown += found
+                        if found and tok.kind == "char":  # one id per character: count which
+                            code_points = np.frombuffer(chunk.encode("utf-32-le"), dtype="<u4")[ids == tok.unk_id]
+                            values, counts = np.unique(code_points, return_counts=True)
+                            unknown_chars.update(dict(zip(map(chr, values.tolist()), counts.tolist())))
             writer.close()
             tokens[name], chars[name], nbytes[name], unknown[name] = (
                 writer.count,
@@ -347,6 +380,7 @@ def _write_cache(folder, main, plans, tok, key_fields, stage) -> None:
             "bytes": nbytes,
             "words": words,
             "unknown": unknown,
+            "unknown_chars": dict(unknown_chars.most_common(UNKNOWN_CHARS_KEPT)),
         }
         atomic_write_bytes(work / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
         for path in work.iterdir():

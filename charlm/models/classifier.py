@@ -107,9 +107,12 @@ class Pooling:
             return self.weighted / self.norm.unsqueeze(1)
         return torch.cat([last, self.maximum, mean], dim=1)
 
-    def attention_weights(self) -> torch.Tensor:
-        """(B, T) the softmax weights over every position (0 at padding)."""
-        return torch.softmax(torch.cat(self.scores, dim=1), dim=1)
+    def attention_weights(self, length: int) -> torch.Tensor:
+        """(B, T) the softmax weights over every position (0 at padding), T = length: the
+        windows stop at the longest text, so padding beyond it has no scores of its own."""
+        scores = torch.cat(self.scores, dim=1)
+        scores = torch.nn.functional.pad(scores, (0, length - scores.shape[1]), value=float("-inf"))
+        return torch.softmax(scores, dim=1)
 
 
 class SequenceClassifier(nn.Module):
@@ -150,7 +153,7 @@ class SequenceClassifier(nn.Module):
         else:
             last = self._read_in_windows(x, lengths, pool)
         logits = self.head(self.drop(pool.result(last, lengths)))
-        return (logits, pool.attention_weights()) if keep_scores else logits
+        return (logits, pool.attention_weights(x.shape[1])) if keep_scores else logits
 
     def _positions(self, lengths: torch.Tensor, start: int, width: int, device: torch.device) -> torch.Tensor:
         """(B, width) true where position start + i is inside the text."""

@@ -233,6 +233,12 @@ def transfer_from_lm(model: SequenceClassifier, lm_weights: dict[str, torch.Tens
     backward direction keeps its fresh initialisation: a model trained to read forwards
     knows nothing of reading backwards."""
     own = model.state_dict()
+    layers = {int(found.group(2)) for found in map(_LM_RECURRENT.match, lm_weights) if found}
+    if len(layers) != model.config.layers:
+        raise CharlmError(
+            f"the language model has {len(layers)} recurrent layers but the classifier {model.config.layers}; "
+            "the classifier must take the language model's shape"
+        )
     taken = []
     with torch.no_grad():
         for name, value in lm_weights.items():

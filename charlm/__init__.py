@@ -12,12 +12,15 @@ except _metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, never ins
 
 from charlm.config import ModelConfig, ModelShape, RunConfig, SampleConfig, TrainConfig  # noqa: E402
 from charlm.errors import CharlmError, OptionError  # noqa: E402
+from charlm.inference.classifier import Classifier, Evaluation, Prediction  # noqa: E402
 from charlm.inference.generate import Generation, Generator, SampleResult  # noqa: E402
 from charlm.inference.scorer import Scorer  # noqa: E402
 from charlm.inference.scoring import Score, score_sequences, score_tokens  # noqa: E402
+from charlm.models.classifier import SequenceClassifier  # noqa: E402
 from charlm.models.rnnlm import RNNLM  # noqa: E402
 from charlm.runs.directory import RunDirectory  # noqa: E402
 from charlm.runs.open import OpenRun, open_run  # noqa: E402
+from charlm.tasks.classify_run import ClassifierRun  # noqa: E402
 from charlm.tasks.language_model import LanguageModelTask, Trainer  # noqa: E402
 from charlm.tasks.lm_run import LanguageModelRun  # noqa: E402
 from charlm.text.corpus import PreparedCorpus, prepare_corpus  # noqa: E402
@@ -31,7 +34,10 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "CharlmError",
+    "Classifier",
+    "ClassifierRun",
     "Engine",
+    "Evaluation",
     "Generation",
     "Generator",
     "LanguageModelRun",
@@ -40,6 +46,7 @@ __all__ = [
     "ModelShape",
     "OpenRun",
     "OptionError",
+    "Prediction",
     "PreparedCorpus",
     "RNNLM",
     "RunConfig",
@@ -49,6 +56,7 @@ __all__ = [
     "Score",
     "Scorer",
     "SentencePieceTokenizer",
+    "SequenceClassifier",
     "Task",
     "TrainConfig",
     "TrainResult",

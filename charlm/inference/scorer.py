@@ -128,7 +128,9 @@ class Scorer:
             raise CharlmError("scoring a run's split needs a Scorer made from a run directory")
         from charlm.text.corpus import prepare_corpus_for
 
-        corpus = prepare_corpus_for(self.config.train)
+        # a run started from another (--init-from) encoded its text with that run's tokenizer
+        given = self.tokenizer if self.config.train.init_from else None
+        corpus = prepare_corpus_for(self.config.train, use_tokenizer=given)
         if not same_tokenizer(corpus.tokenizer, self.tokenizer):
             raise CharlmError("the run's corpus now gives a different vocabulary; score it with --data instead")
         if split == "auto":

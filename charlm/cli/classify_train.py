@@ -134,10 +134,10 @@ class ClassifyReporter(TrainReporter):
 @click.option(
     "--data",
     "-d",
-    required=True,
     metavar="PATH",
-    help="Labelled texts: CSV/TSV with a header, JSON lines, fastText (__label__X text), label<TAB>text lines, "
-    "a folder with a sub-folder per class, or a folder of files with one per class and one text per line.",
+    help="Labelled texts (needed unless --resume, which reads the run's own): CSV/TSV with a header, JSON lines, "
+    "fastText (__label__X text), label<TAB>text lines, a folder with a sub-folder per class, or a folder of files "
+    "with one per class and one text per line.",
 )
 @click.option("--val-data", metavar="PATH", help="Separate validation data (instead of --val-fraction).")
 @click.option("--test-data", metavar="PATH", help="Separate test data (instead of --test-fraction).")
@@ -214,6 +214,8 @@ def _train(ctx: click.Context, console: Console, options: dict[str, Any]) -> int
     if "checkpoint_every" in given:
         given.add("checkpoint_seconds")
     out, resume, overwrite = (options.pop(name) for name in RUN_OPTIONS)
+    if options["data"] is None and not resume:
+        raise click.UsageError("Missing option '--data' / '-d'.")
     shape = {name: options.pop(name) for name in SHAPE_FIELDS}
     classify = {name: options.pop(name) for name in CLASSIFY_FIELDS}
     _apply_cadence(options)

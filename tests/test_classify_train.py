@@ -482,6 +482,11 @@ def test_user_errors_are_one_line_and_leave_no_run(tmp_path, case):
     assert not run.exists() and not (tmp_path / "runs").exists()
 
 
+def test_data_is_needed_unless_resuming(tmp_path):
+    assert_user_error(invoke("classify", "train", "--max-steps", "2"), "Missing option '--data'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_a_user_error_from_the_real_cli(tmp_path):
     data = _no_label_field(tmp_path)
     done = run_cli("classify", "train", "--data", str(data), "--max-steps", "2", cwd=tmp_path, env=child_env())

@@ -41,7 +41,9 @@ from charlm.config import (
     TOKENIZERS,
     TrainConfig,
 )
+from charlm.inference.classifier import Classifier
 from charlm.tasks.classify_run import SHAPE_FIELDS, ClassifierRun
+from charlm.training import distributed
 from charlm.training.faults import ENV_VAR as FAULTS_ENV_VAR
 from charlm.training.faults import FaultPlan
 from charlm.training.resume import resume_command
@@ -49,8 +51,7 @@ from charlm.training.resume import resume_command
 _T, _C, _S = TrainConfig, ClassifyConfig, ClassifierConfig
 CLASSIFY_FIELDS = tuple(f.name for f in dataclasses.fields(ClassifyConfig) if f.name != "lm_checkpoint")
 RUN_OPTIONS = ("out", "resume", "overwrite")
-# where a classifier's good defaults differ from a language model's (measured in bench/classify.py)
-DEFAULT_LR = 3e-3
+# where a classifier's good defaults differ from a language model's
 DEFAULT_WARMUP = 50
 
 
@@ -174,7 +175,7 @@ class ClassifyReporter(TrainReporter):
 @opt("--patience", type=int, help="Stop after this many validations without improvement (default: never).")
 @opt("--class-weights", type=click.Choice(CLASS_WEIGHTS), help="auto: weigh classes by inverse frequency.")
 @opt("--batch-size", "-b", help="Texts per step (B).")
-@opt("--lr", help="Peak learning rate (AdamW).", default=DEFAULT_LR)
+@opt("--lr", help="Peak learning rate (AdamW).")
 @opt("--min-lr-ratio", help="Final learning rate as a fraction of the peak.")
 @opt("--warmup-steps", help="Linear warmup steps.", default=DEFAULT_WARMUP)
 @opt("--weight-decay", help="AdamW weight decay on weight matrices.")
@@ -203,13 +204,18 @@ class ClassifyReporter(TrainReporter):
 @opt("--log-every", help="Log training loss every N steps.")
 @click.pass_context
 def train(ctx: click.Context, **options: Any) -> None:
-    """Train a recurrent classifier on labelled texts; write a self-contained run directory."""
-    status = _train(ctx, Console(), options)
+    """Train a recurrent classifier on labelled texts; write a self-contained run directory.
+
+    Under torchrun (torchrun --nproc_per_node=N -m charlm classify train ...) the N processes
+    train one model with DistributedDataParallel, sharing each batch of --batch-size texts."""
+    world = distributed.start()  # a no-op unless torchrun started this process
+    status = _train(ctx, Console(rank=world.rank if world.distributed else None), options, world)
+    distributed.stop(world)
     if status:
         sys.exit(status)
 
 
-def _train(ctx: click.Context, console: Console, options: dict[str, Any]) -> int:
+def _train(ctx: click.Context, console: Console, options: dict[str, Any], world: distributed.World) -> int:
     given = given_options(ctx, ctx.params) - set(RUN_OPTIONS)
     if "checkpoint_every" in given:
         given.add("checkpoint_seconds")
@@ -227,7 +233,7 @@ def _train(ctx: click.Context, console: Console, options: dict[str, Any]) -> int
             names = ", ".join("--" + name.replace("_", "-") for name in shape_given)
             raise click.UsageError(f"{names} cannot change when resuming; leave them out")
     with naming_environment(ctx):
-        run = ClassifierRun.start(options, classify, shape, given, out, resume, overwrite)
+        run = ClassifierRun.start(options, classify, shape, given, out, resume, overwrite, world=world)
         data = run.prepare_data()
     for note in data.notes:
         console.note(note)
@@ -249,15 +255,23 @@ def _train(ctx: click.Context, console: Console, options: dict[str, Any]) -> int
     faults = FaultPlan(os.environ.get(FAULTS_ENV_VAR))
     reporter = ClassifyReporter(console)
     with _StopFlag() as stop, reporter:
-        trainer = run.trainer(on_event=reporter, should_stop=stop, faults=faults)
+        trainer = run.trainer(on_event=reporter if world.is_main else None, should_stop=stop, faults=faults)
         result = trainer.run()
         trainer.close()
     if result.reason == "interrupted":
-        console.info(f"checkpoint saved; continue with: {resume_command(run_dir.path)}")
+        console.info(f"checkpoint saved; continue with: {resume_command(run_dir.path, world.distributed)}")
         return EXIT_INTERRUPTED
     best = trainer.task.best_metric
     if best is not None:
         console.info(f"best validation {run.options.metric.replace('_', '-')}: {best:.4f} (the best checkpoint)")
-    if len(data.test):
-        console.note(f"test split kept: charlm classify evaluate {run_dir.path} --data <the test texts>")
+    if len(data.test) and world.is_main:
+        found = Classifier(run_dir.path, device=run.device, precision=run.precision).evaluate(splits.test)
+        report = found.report
+        run_dir.append_metrics({"event": "test", "split": "test", "step": result.step, "checkpoint": found.checkpoint,
+                                "examples": report.examples, "accuracy": report.accuracy, "macro_f1": report.macro_f1,
+                                "loss": found.loss}, durable=True)  # fmt: skip
+        console.info(
+            f"test split ({report.examples:,} texts held out, never seen in training), {found.checkpoint} checkpoint: "
+            f"accuracy {report.accuracy:.2%}, macro-F1 {report.macro_f1:.4f}"
+        )
     return 0

@@ -22,17 +22,23 @@ a checkpoint must keep. The engine calls, in this order:
     load_state_dict(saved, where)  at resume and rollback, after the weights are loaded
     check_resume(saved, step)      at resume only: refuse when the data changed
 
+Three methods are optional; the engine asks for them when a task has them:
+
+    parameter_group(name)          a parameter's learning-rate group (building the optimizer)
+    lr_factors(epoch_progress)     each group's factor on the schedule's rate (every step)
+    stop_reason()                  a reason of the task's own to stop now, or None
+
 Batches are addressed by (epoch, index) alone, so a resumed run gets the same batches from
 its position: a task that shuffles seeds its shuffle from (seed, epoch).
 
 The language-model task (charlm.tasks.language_model) carries the recurrent state of its
 TBPTT lanes from one batch to the next: `loss` runs from the carried state, `end_step`
 keeps the new one (zeroed after a bad step), `start_epoch` resets it, and `state_dict`
-gathers it from every process. A sequence classifier fits the same interface with no
-change to the engine: `batch` gives padded, labelled examples bucketed by length (ordered
-by a shuffle seeded from (seed, epoch)), `loss` is the cross entropy of the (B, C) logits,
-`start_epoch` and `end_step` do nothing (no state is carried), `validate` returns
-{"loss": ..., "accuracy": ...}, and `state_dict` holds only a check of its data.
+gathers it from every process. The classification task (charlm.tasks.classification)
+carries nothing: `batch` gives padded, labelled texts bucketed by length, `loss` is the
+cross entropy of the (B, C) logits, `validate` gives accuracy and macro-F1 with the error
+of the chosen one as "selection_loss", and it uses all three optional methods (transferred
+layers frozen, then at a lower rate; early stopping).
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ class Classifier:
         the run on labelled texts (LabelledTexts, or anything read_labelled reads). Examples
         whose label the run does not know are counted per label and left out."""
         if not isinstance(data, LabelledTexts):
-            data = read_labelled(data, text_field, label_field, encoding_errors)
+            data = read_labelled(data, text_field, label_field, encoding_errors, min_classes=1)
         known = set(self.labels)
         unknown: dict[str, int] = {}
         keep = []

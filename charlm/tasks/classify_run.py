@@ -131,11 +131,11 @@ class ClassifierRun:
         """Read and split the labelled data, fit (or take) the tokenizer, encode every split."""
         train, options = self.train, self.options
         errors = train.encoding_errors
-        main = read_labelled(train.data, options.text_field, options.label_field, errors)
-        val = read_labelled(train.val_data, options.text_field, options.label_field, errors) if train.val_data else None
-        test = (
-            read_labelled(train.test_data, options.text_field, options.label_field, errors) if train.test_data else None
-        )
+        fields = (options.text_field, options.label_field, errors)
+        main = read_labelled(train.data, *fields)
+        # a separate validation or test file may hold one class; the split checks its labels against training's
+        val = read_labelled(train.val_data, *fields, min_classes=1) if train.val_data else None
+        test = read_labelled(train.test_data, *fields, min_classes=1) if train.test_data else None
         val_fraction = 0.0 if val is not None else train.val_fraction
         test_fraction = 0.0 if test is not None else train.test_fraction
         splits = split_labelled(main, val_fraction, test_fraction, train.seed, val=val, test=test)

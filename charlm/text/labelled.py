@@ -333,13 +333,15 @@ def read_labelled(
     text_field: Optional[str] = None,
     label_field: Optional[str] = None,
     encoding_errors: str = "strict",
+    min_classes: int = 2,
 ) -> LabelledTexts:
     """Labelled texts from a file, a folder, or a list of class files (or of class folders).
 
     text_field / label_field name the columns of a CSV, TSV or JSON-lines file; by default
     the first of TEXT_FIELDS and of LABEL_FIELDS it has (any case). encoding_errors "replace"
-    reads bad UTF-8 bytes as U+FFFD instead of stopping. The result has at least two classes
-    and is not a regression target (check_labels); duplicates are kept (split_labelled drops them)."""
+    reads bad UTF-8 bytes as U+FFFD instead of stopping. The result has at least min_classes
+    classes (data to evaluate on may hold one) and is not a regression target (check_labels);
+    duplicates are kept (split_labelled drops them)."""
     _check_errors(encoding_errors)
     paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
     if not paths:
@@ -358,7 +360,7 @@ def read_labelled(
         data, field_name = _read_folder(paths[0], text_field, label_field, encoding_errors)
     else:
         data, field_name = _read_file(paths[0], text_field, label_field, encoding_errors)
-    check_labels(data, field_name)
+    check_labels(data, field_name, min_classes)
     return data
 
 

@@ -223,14 +223,15 @@ def label_order(labels: Iterable[str]) -> list[str]:
     return sorted(distinct, key=lambda label: (_natural_key(label), label))
 
 
-def check_labels(data: LabelledTexts, what: str = "") -> None:
-    """Refuse labelled data a classifier cannot learn from: no examples, one class only, or
-    a column of many distinct numbers (a regression target). `what` names the label field."""
+def check_labels(data: LabelledTexts, what: str = "", min_classes: int = 2) -> None:
+    """Refuse labelled data a classifier cannot learn from: no examples, fewer than
+    min_classes classes, or a column of many distinct numbers (a regression target). `what`
+    names the label field."""
     where = data.source
     if not data.texts:
         raise CharlmError(f"{where} has no examples; give a file with labelled texts in it")
     counts = Counter(data.labels)
-    if len(counts) < 2:
+    if len(counts) < min_classes:
         raise CharlmError(
             f"{where} has only one label {data.labels[0]!r}; classification needs at least two classes"
             " (check the label field, or give the other classes' examples too)"

@@ -70,14 +70,14 @@ def load_task(name: str, seed: int):
     data = read_labelled([str(DATA / s) for s in sources] if len(sources) > 1 else str(DATA / sources[0]))
     if task["test"]:
         return split_labelled(data, task["val"], 0.0, seed, test=read_labelled(str(DATA / task["test"])))
-    if name == "mr":  # 90/10 first, then validation from the 90%: the test split is the published 10%
+    if name == "mr":  # a seeded 90/10 cut first, its 10% the test split; then validation from the 90%
         first = split_labelled(data, task["cut_test"], 0.0, seed)
         return split_labelled(first.train, task["val"], 0.0, seed, test=first.val)
     return split_labelled(data, task["val"], task["cut_test"], seed)
 
 
 def write_splits(folder: Path, splits) -> dict:
-    """train/val/test.tsv, train_texts.txt (the language model's text) and test_texts.txt."""
+    """train/val/test.tsv for every system, and train_texts.txt (one text a line) for the language model."""
     folder.mkdir(parents=True, exist_ok=True)
     facts = {"labels": splits.labels, "notes": splits.notes}
     for part in ("train", "val", "test"):
@@ -155,13 +155,17 @@ def run_charlm(folder: Path, splits, args, env: dict, from_lm: bool) -> dict:
                    f"{args.lm_budget:g}", "--sample-length", "0", *common_options]  # fmt: skip
         _, lm_s = cli(lm_args, env)
         lm_config = json.loads((lm / "config.json").read_text())
+        end = next((e for e in journal(lm) if e.get("event") == "end"), {})
         row["lm"] = {"command": "charlm " + " ".join(lm_args), "wall_s": lm_s, "model": lm_config.get("model"),
-                     "steps": next((e["step"] for e in journal(lm) if e.get("event") == "end"), None)}  # fmt: skip
+                     "steps": end.get("step"), "elapsed_s": end.get("elapsed"),
+                     "val_loss_nats_per_token": end.get("last_val_loss"),
+                     "budget_choice": (lm_config.get("extra") or {}).get("budget")}  # fmt: skip
         extra = ["--from-lm", str(lm)]
     train_args = ["classify", "train", "--data", str(folder / "train.tsv"), "--val-data", str(folder / "val.tsv"),
                   "--out", str(run), "--max-time", f"{args.budget:g}", *common_options, *extra, *args.extra]  # fmt: skip
     _, train_s = cli(train_args, env)
-    evaluated, _ = cli(["classify", "evaluate", str(run), "--data", str(folder / "test.tsv"), "--json"], env)
+    evaluate_args = ["classify", "evaluate", str(run), "--data", str(folder / "test.tsv"), "--json"]
+    evaluated, _ = cli([*evaluate_args, "--threads", str(args.threads)], env)
     evaluation = json.loads(evaluated.stdout)
     predicted = predict_in_process(run, splits.test.texts, args.threads)
     ids = {label: i for i, label in enumerate(splits.labels)}

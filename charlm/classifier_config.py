@@ -37,7 +37,7 @@ class ClassifierConfig(_Options):
     labels: list = field(default_factory=list)
     cell: str = "lstm"
     layers: int = 1
-    hidden: int = 256
+    hidden: int = 128
     embed: int = 64
     dropout: float = 0.2
     bidirectional: bool = True

@@ -26,10 +26,10 @@ from charlm.classifier_config import (
     ClassifierConfig,
     ClassifyConfig,
 )
-from charlm.cli.console import Console, TrainReporter, _duration
+from charlm.cli.console import Console, TrainReporter, duration
 from charlm.cli.errors import EXIT_INTERRUPTED
 from charlm.cli.options import CONTEXT, given_options, naming_environment
-from charlm.cli.train import CADENCE, DEFAULT_CADENCE, _apply_cadence, _StopFlag
+from charlm.cli.train import CADENCE, DEFAULT_CADENCE, StopFlag, apply_cadence
 from charlm.config import (
     CELLS,
     DEVICES,
@@ -82,7 +82,7 @@ class ClassifyReporter(TrainReporter):
         limits = [template.format(e[key]) for key, template in (("max_steps", "{:,} steps"), ("epochs", "{:g} epochs"))
                   if e.get(key)]  # fmt: skip
         if e.get("max_time"):
-            limits.append(_duration(e["max_time"]))
+            limits.append(duration(e["max_time"]))
         transferred = f"; {len(e['transferred'])} tensors from the language model" if e.get("transferred") else ""
         self.console.info(
             f"classifier: {e['parameters']:,} parameters on {e['device']} ({e['precision']}, {e['threads']} CPU "
@@ -109,14 +109,14 @@ class ClassifyReporter(TrainReporter):
             loss = "-" if e["loss"] is None else f"{e['loss']:.4f}"
             self.console.info(
                 f"step {e['step']:>7,}  epoch {e['epoch']:6.2f}  loss {loss}  lr {e['lr']:.2e}  "
-                f"{self._texts_per_s(e):>7,.0f} texts/s  {_duration(e['elapsed'])}"
+                f"{self._texts_per_s(e):>7,.0f} texts/s  {duration(e['elapsed'])}"
             )
 
     def _on_eval(self, e: dict[str, Any]) -> None:
         mark = "  (best)" if e.get("best") else ""
         self._print(
             f"eval step {e['step']:>7,}  val loss {e['loss']:.4f}  accuracy {e['accuracy']:.2%}  "
-            f"macro-F1 {e['macro_f1']:.4f}  at {_duration(e['elapsed'])}{mark}",
+            f"macro-F1 {e['macro_f1']:.4f}  at {duration(e['elapsed'])}{mark}",
             style="cyan",
         )
 
@@ -126,7 +126,7 @@ class ClassifyReporter(TrainReporter):
         self.close()
         reasons = {"max_steps": "reached --max-steps", "max_time": "reached --max-time", "epochs": "reached --epochs",
                    "interrupted": "interrupted", "early_stop": "stopped early (--patience)"}  # fmt: skip
-        self.console.info(f"stopped at step {e['step']:,} after {_duration(e['elapsed'])}: "
+        self.console.info(f"stopped at step {e['step']:,} after {duration(e['elapsed'])}: "
                           f"{reasons.get(e['reason'], e['reason'])}")  # fmt: skip
 
 
@@ -224,7 +224,7 @@ def _train(ctx: click.Context, console: Console, options: dict[str, Any], world:
         raise click.UsageError("Missing option '--data' / '-d'.")
     shape = {name: options.pop(name) for name in SHAPE_FIELDS}
     classify = {name: options.pop(name) for name in CLASSIFY_FIELDS}
-    _apply_cadence(options)
+    apply_cadence(options)
     if options.get("eval_every") is None:
         options.pop("eval_every")
     if resume:
@@ -254,7 +254,7 @@ def _train(ctx: click.Context, console: Console, options: dict[str, Any], world:
     console.info(f"run directory: {run_dir.path}")
     faults = FaultPlan(os.environ.get(FAULTS_ENV_VAR))
     reporter = ClassifyReporter(console)
-    with _StopFlag() as stop, reporter:
+    with StopFlag() as stop, reporter:
         trainer = run.trainer(on_event=reporter if world.is_main else None, should_stop=stop, faults=faults)
         result = trainer.run()
         trainer.close()

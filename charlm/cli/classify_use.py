@@ -24,7 +24,7 @@ from rich.console import Console as RichConsole
 from rich.table import Table
 from rich.text import Text
 
-from charlm.cli.console import Console, _plain
+from charlm.cli.console import Console, plain
 from charlm.cli.errors import one_process_only
 from charlm.cli.options import CONTEXT, names_the_environment, require_threads, run_weights_options
 from charlm.config import ENCODING_ERRORS
@@ -121,7 +121,7 @@ def _print_evaluation(result: Evaluation, title: str) -> None:
     text: every cell is a rich Text, so "[x]" stays as it is and no markup is read."""
     report = result.report
     out = RichConsole(highlight=False, soft_wrap=False)
-    out.print(Text(_plain(f"evaluation of {title}"), style="bold"), soft_wrap=True)
+    out.print(Text(plain(f"evaluation of {title}"), style="bold"), soft_wrap=True)
     summary = Table(show_header=False, box=None, padding=(0, 2))
     summary.add_column(justify="left")
     summary.add_column(justify="right")
@@ -140,7 +140,7 @@ def _print_evaluation(result: Evaluation, title: str) -> None:
         per_class.add_column(Text(name), justify="right")
     for row in report.per_class:
         per_class.add_row(
-            Text(_plain(row["label"])),
+            Text(plain(row["label"])),
             Text(f"{row['precision']:.4f}"),
             Text(f"{row['recall']:.4f}"),
             Text(f"{row['f1']:.4f}"),
@@ -159,9 +159,9 @@ def _print_evaluation(result: Evaluation, title: str) -> None:
     confusion = Table(box=None, padding=(0, 1))
     confusion.add_column(Text("true \\ predicted"), justify="left", overflow="fold")
     for label in report.labels:
-        confusion.add_column(Text(_plain(label)), justify="right", overflow="fold")
+        confusion.add_column(Text(plain(label)), justify="right", overflow="fold")
     for label, counts in zip(report.labels, report.confusion):
-        confusion.add_row(Text(_plain(label)), *(Text(f"{n:,}") for n in counts))
+        confusion.add_row(Text(plain(label)), *(Text(f"{n:,}") for n in counts))
     out.print(confusion)
 
 

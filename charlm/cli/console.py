@@ -27,7 +27,7 @@ PROGRESS_UNITS = 1000
 PLAIN_LINE_INTERVAL_S = 10.0
 
 
-def _plain(message: str) -> str:
+def plain(message: str) -> str:
     """A message made safe for a terminal: control characters (ESC sequences, carriage
     returns, newlines), bidi overrides and other invisible format characters, and lone
     surrogates are shown as escapes, so a file name or a prompt cannot restyle, move or
@@ -37,7 +37,7 @@ def _plain(message: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
@@ -58,24 +58,24 @@ class Console:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(Text(_plain(message)))
+            self.err.print(Text(plain(message)))
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(Text(_plain(message), style="dim"))
+            self.err.print(Text(plain(message), style="dim"))
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(Text("warning: ", style="yellow bold") + Text(_plain(message)))
+            self.err.print(Text("warning: ", style="yellow bold") + Text(plain(message)))
 
     def error(self, message: str) -> None:
         where = f"charlm (rank {self.rank}): error: " if self.rank else "charlm: error: "
         # one line, whatever the terminal width
-        self.err.print(Text(where, style="red bold") + Text(_plain(message)), soft_wrap=True)
+        self.err.print(Text(where, style="red bold") + Text(plain(message)), soft_wrap=True)
 
     def heading(self, message: str) -> None:
         if not self.quiet:
-            self.err.print(Text(_plain(message), style="bold"))
+            self.err.print(Text(plain(message), style="bold"))
 
     @staticmethod
     def write_text(text: str) -> None:
@@ -131,7 +131,7 @@ class TrainReporter:
         if e.get("max_steps"):
             limits.append(f"{e['max_steps']:,} steps")
         if e.get("max_time"):
-            limits.append(_duration(e["max_time"]))
+            limits.append(duration(e["max_time"]))
         if e.get("epochs"):
             limits.append(f"{e['epochs']:g} epochs")
         threads = f"{e['threads']} CPU thread{'s' if e['threads'] != 1 else ''}"
@@ -159,7 +159,7 @@ class TrainReporter:
             self._last_plain_line = e["elapsed"]
             self.console.info(
                 f"step {e['step']:>7,}  epoch {e['epoch']:6.2f}  loss {_loss(e['loss'], 4)}  lr {e['lr']:.2e}  "
-                f"{e['tokens_per_s']:>9,.0f} tok/s  {_duration(e['elapsed'])}"
+                f"{e['tokens_per_s']:>9,.0f} tok/s  {duration(e['elapsed'])}"
             )
 
     def _print(self, message: str, style: str = "") -> None:
@@ -172,7 +172,7 @@ class TrainReporter:
         mark = "  (best)" if e.get("best") else ""
         self._print(
             f"eval step {e['step']:>7,}  val loss {e['loss']:.4f} nats/token  {e['bpc']:.4f} bits/char  "
-            f"ppl {e['perplexity']:.2f}  at {_duration(e['elapsed'])}{mark}",
+            f"ppl {e['perplexity']:.2f}  at {duration(e['elapsed'])}{mark}",
             style="cyan",
         )
 
@@ -217,7 +217,7 @@ class TrainReporter:
         if e.get("skipped_steps") or e.get("rollbacks"):
             best_text += f"; {e.get('skipped_steps', 0)} bad step(s) skipped, {e.get('rollbacks', 0)} rollback(s)"
         self.console.info(
-            f"stopped at step {e['step']:,} after {_duration(e['elapsed'])}: {reasons.get(e['reason'], e['reason'])}{best_text}"
+            f"stopped at step {e['step']:,} after {duration(e['elapsed'])}: {reasons.get(e['reason'], e['reason'])}{best_text}"
         )
 
 
@@ -257,7 +257,7 @@ def print_scores(label: str, columns: list[tuple[str, Any]], notes: list[str]) -
     """Scores of one text side by side on stdout, a column per (heading, Score), then notes
     (dim lines). With one column and no heading the table has no header."""
     headed = any(heading for heading, _ in columns)
-    table = Table(title=Text(_plain(f"scores for {label}")), show_header=headed, box=None, padding=(0, 2))
+    table = Table(title=Text(plain(f"scores for {label}")), show_header=headed, box=None, padding=(0, 2))
     table.add_column(justify="left")
     for heading, _ in columns:
         table.add_column(Text(heading), justify="right", overflow="fold")
@@ -266,7 +266,7 @@ def print_scores(label: str, columns: list[tuple[str, Any]], notes: list[str]) -
     out = _stdout_console()
     out.print(table)
     for note in notes:
-        out.print(Text(_plain(note), style="dim"), soft_wrap=True)
+        out.print(Text(plain(note), style="dim"), soft_wrap=True)
 
 
 def print_line_scores(lines: list[tuple[int, str]], scores: list[Any], preview: int = 40) -> None:
@@ -282,7 +282,7 @@ def print_line_scores(lines: list[tuple[int, str]], scores: list[Any], preview: 
     ):
         table.add_column(name, justify=justify)
     for (number, text), score in zip(lines, scores):
-        shown = _plain(text if len(text) <= preview else text[: preview - 1] + "…")  # a preview, not data
+        shown = plain(text if len(text) <= preview else text[: preview - 1] + "…")  # a preview, not data
         if not score.tokens:
             table.add_row(str(number), "0", "-", "-", "-", Text(shown))
             continue

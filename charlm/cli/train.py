@@ -88,7 +88,7 @@ CADENCE = CadenceType()
 DEFAULT_CADENCE = (str(_T.checkpoint_every), f"{_T.checkpoint_seconds / 60:g}m")
 
 
-def _apply_cadence(options: dict[str, Any]) -> None:
+def apply_cadence(options: dict[str, Any]) -> None:
     """Turn the --checkpoint-every values into checkpoint_every (steps) and checkpoint_seconds."""
     steps = seconds = None
     for kind, amount in options.pop("checkpoint_every"):
@@ -99,7 +99,7 @@ def _apply_cadence(options: dict[str, Any]) -> None:
     options["checkpoint_every"], options["checkpoint_seconds"] = steps, seconds
 
 
-class _StopFlag:
+class StopFlag:
     """Ctrl-C once: finish the step, checkpoint, stop. Ctrl-C twice: stop at once.
 
     Under torchrun the workers run in sessions of their own: Ctrl-C reaches torchrun, which
@@ -114,7 +114,7 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.requested = True
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._previous_term = signal.signal(signal.SIGTERM, self._handle)
@@ -307,7 +307,7 @@ def _train(
         given.add("checkpoint_seconds")
     out, resume, overwrite = (options.pop(name) for name in RUN_OPTIONS)
     shape = ModelShape(**{name: options.pop(name) for name in SHAPE_OPTIONS})
-    _apply_cadence(options)
+    apply_cadence(options)
     with naming_environment(ctx):
         run = LanguageModelRun.start(options, shape, given, out, resume, overwrite, world=world)
     if run.plan.init is not None:
@@ -344,7 +344,7 @@ def _train(
     if faults:
         console.warn(f"{FAULTS_ENV_VAR} is set: this run fails on purpose ({os.environ[FAULTS_ENV_VAR]})")
     reporter = TrainReporter(console)
-    with _StopFlag() as stop, reporter:
+    with StopFlag() as stop, reporter:
         trainer = run.trainer(on_event=reporter if world.is_main else None, should_stop=stop, faults=faults)
         result = trainer.run()
         trainer.close()

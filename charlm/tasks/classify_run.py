@@ -41,12 +41,11 @@ from charlm.text.tokenizer import Tokenizer, build_tokenizer, fingerprint, same_
 from charlm.training import distributed
 from charlm.training.distributed import SINGLE, World
 from charlm.training.faults import FaultPlan
-from charlm.training.resume import apply_resume_options
+from charlm.training.resume import apply_resume_options, check_not_finished
 
 # the classifier's shape options; with --from-lm the first four come from the language model
 SHAPE_FIELDS = ("cell", "layers", "hidden", "embed", "dropout", "bidirectional", "pooling")
 FROM_LM_FIELDS = ("cell", "layers", "hidden", "embed", "tokenizer", "vocab_size", "spm_model_type")
-LIMITS = ("max_steps", "max_time", "epochs")
 MAX_EVAL_EVERY = 500
 
 
@@ -243,15 +242,7 @@ class ClassifierRun:
             if self.changed and self.world.is_main:
                 self.saved.train = self.train
                 self.run_dir.write_config(self.saved)
-            done = trainer.stop_reason()
-            if done in LIMITS:
-                option = "--" + done.replace("_", "-")
-                raise CharlmError(f"the run already reached its {option} limit; give a larger {option} to continue")
-            if done == "early_stop":
-                raise CharlmError(
-                    "the run already stopped early (its validation stopped improving); it is finished: "
-                    "use it, or start a new run"
-                )
+            check_not_finished(trainer.stop_reason())
         except BaseException:
             trainer.close()
             raise

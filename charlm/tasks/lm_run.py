@@ -53,7 +53,7 @@ from charlm.training import distributed
 from charlm.training.distributed import SINGLE, World
 from charlm.training.faults import FaultPlan
 from charlm.training.preflight import check_precision_runs, check_training_memory
-from charlm.training.resume import apply_resume_options
+from charlm.training.resume import apply_resume_options, check_not_finished
 
 # Options the call itself takes, never part of `given`.
 _RUN_OPTIONS = frozenset({"out", "resume", "overwrite"})
@@ -311,10 +311,7 @@ class LanguageModelRun:
                 saved = self.plan.saved
                 saved.train = self.train
                 self.run_dir.write_config(saved)
-            done = trainer.stop_reason()
-            if done in LIMITS:
-                option = "--" + done.replace("_", "-")
-                raise CharlmError(f"the run already reached its {option} limit; give a larger {option} to continue")
+            check_not_finished(trainer.stop_reason())
         except BaseException:
             trainer.close()
             raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Optional, Union
 
 from charlm.config import TrainConfig
 from charlm.errors import CharlmError
@@ -68,3 +68,15 @@ def apply_resume_options(config: TrainConfig, values: dict[str, Any], given: Ite
         setattr(config, name, values[name])
     config.validate()
     return changed
+
+
+def check_not_finished(reason: Optional[str]) -> None:
+    """Refuse to resume a run that has already stopped for good: it reached a stop limit
+    (a larger one continues it) or stopped early (it is finished)."""
+    if reason in ("max_steps", "max_time", "epochs"):
+        option = "--" + reason.replace("_", "-")
+        raise CharlmError(f"the run already reached its {option} limit; give a larger {option} to continue")
+    if reason == "early_stop":
+        raise CharlmError(
+            "the run already stopped early (its validation stopped improving); it is finished: use it, or start a new run"
+        )

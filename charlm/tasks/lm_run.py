@@ -57,7 +57,6 @@ from charlm.training.resume import apply_resume_options, check_not_finished
 
 # Options the call itself takes, never part of `given`.
 _RUN_OPTIONS = frozenset({"out", "resume", "overwrite"})
-LIMITS = ("max_steps", "max_time", "epochs")
 # above this share of validation characters unseen in training, a new run trains on bytes
 MAX_UNSEEN_SHARE = 0.01
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from typing import NoReturn, Optional
 
@@ -23,6 +24,7 @@ from charlm.training import distributed
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 DEBUG_VAR = "CHARLM_DEBUG"
+RANK_ZERO_GRACE_S = 20.0
 
 
 class CharlmGroup(click.Group):
@@ -40,7 +42,7 @@ class CharlmGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             if rank:  # the same mistake on every process: rank 0 reports it
-                sys.exit(exc.exit_code)
+                leave_to_rank_zero(exc.exit_code)
             hint = ""
             ctx = getattr(exc, "ctx", None)
             if ctx is not None:
@@ -79,8 +81,19 @@ def one_process_only(command: str) -> None:
     if rank is None:
         return
     if rank:
-        sys.exit(EXIT_ERROR)
+        leave_to_rank_zero(EXIT_ERROR)
     raise CharlmError(f"charlm {command} runs in one process; start it without torchrun (only train is distributed)")
+
+
+def leave_to_rank_zero(status: int) -> NoReturn:
+    """Exit a rank other than 0 that found the mistake rank 0 reports, but not first.
+
+    torchrun stops every worker as soon as one exits with an error; a silent rank that
+    exited at once could have rank 0 killed before it wrote its line. Waiting lets rank 0
+    speak and exit first (torchrun then ends this one); the wait is bounded in case rank 0
+    never gets there."""
+    time.sleep(RANK_ZERO_GRACE_S)
+    sys.exit(status)
 
 
 def _fail(console: Console, message: str, exc: BaseException, status: int) -> NoReturn:

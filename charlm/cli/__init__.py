@@ -15,6 +15,7 @@ from charlm.cli.errors import CharlmGroup
 from charlm.cli.generate import generate
 from charlm.cli.options import GROUP_CONTEXT  # sets the prefix; each command reads CHARLM_<COMMAND>_<OPTION>
 from charlm.cli.perplexity import perplexity
+from charlm.cli.serve import serve
 from charlm.cli.train import train
 
 
@@ -28,6 +29,7 @@ cli.add_command(train)
 cli.add_command(generate)
 cli.add_command(perplexity)
 cli.add_command(classify)
+cli.add_command(serve)
 
 
 def main() -> None:

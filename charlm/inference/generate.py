@@ -183,7 +183,7 @@ class Generator:
         self.stepper = Stepper(self.model)
         token_bytes = tokenizer.token_bytes()
         self.guard = Utf8Guard(token_bytes, self.device) if needs_guard(token_bytes) else None
-        self._token_bytes = token_bytes
+        self.token_bytes = token_bytes
 
     # ----- prompt ---------------------------------------------------------------------
     def unknown_in_prompt(self, prompt: str) -> list[str]:
@@ -194,14 +194,16 @@ class Generator:
         ids = self.tokenizer.encode(prompt)
         return sorted({ch for ch, i in zip(prompt, ids.tolist()) if i == unk})
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The ids the model is primed with: unknown characters left out, the context token
+        for an empty prompt."""
         unk = self.tokenizer.unk_id
         ids = self.tokenizer.encode(prompt).tolist() if prompt else []
         if self.tokenizer.kind == "char":
             ids = [i for i in ids if i != unk]
         return ids or [context_token_id(self.tokenizer)]
 
-    def _forbidden_base(self) -> Optional[torch.Tensor]:
+    def forbidden_base(self) -> Optional[torch.Tensor]:
         """(V,) True for tokens never to emit: the unknown symbol and control pieces."""
         forbidden = torch.zeros(self.tokenizer.vocab_size, dtype=torch.bool, device=self.device)
         if self.tokenizer.unk_id is not None:
@@ -220,7 +222,7 @@ class Generator:
         # logits, their masked copy and the sampling temporaries (scaled, sorted with int64
         # indices, softmax, cumulative sum, masks); the state and the stepper's gate buffers
         device = 4 * V * 12 + 4 * L * H * states * 8
-        mean_token_bytes = max(1.0, sum(map(len, self._token_bytes)) / max(len(self._token_bytes), 1))
+        mean_token_bytes = max(1.0, sum(map(len, self.token_bytes)) / max(len(self.token_bytes), 1))
         # each decoder's table of token bytes, and the text the sample keeps
         host = 64 * V + 1024 + int(2 * mean_token_bytes * max_tokens)
         return device, host
@@ -273,7 +275,7 @@ class Generator:
         rng = torch.Generator(device=self.device)
         rng.manual_seed(seed)
 
-        ids = torch.tensor([self._prompt_ids(prompt)], dtype=torch.long, device=self.device)  # (1, P)
+        ids = torch.tensor([self.prompt_ids(prompt)], dtype=torch.long, device=self.device)  # (1, P)
         model_state = None
         for begin in range(0, ids.shape[1], PRIME_WINDOW):  # (1, V) logits kept, not (1, P, V)
             logits, model_state = self.model(ids[:, begin : begin + PRIME_WINDOW], model_state)
@@ -282,7 +284,7 @@ class Generator:
         last = last.expand(B, -1)  # (B, V)
         state = self.stepper.from_model_state(expand_lanes(model_state, B))
 
-        base = self._forbidden_base()
+        base = self.forbidden_base()
         utf8_states = self.guard.initial(B) if self.guard is not None else None
         decoders = [StreamDecoder(self.tokenizer) for _ in range(B)]
         scanners = [StopScanner(stop) for _ in range(B)]

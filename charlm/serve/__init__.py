@@ -1,0 +1,1 @@
+"""charlm's HTTP server: settings, request reading, the batching worker, the app (Starlette)."""

@@ -265,6 +265,8 @@ class Reply:
 
     def take(self, index: int, event) -> None:
         if isinstance(event, Chunk):
+            if self.request.stream:  # each chunk went out as it came: nothing to keep
+                return
             self.texts[index].append(event.text)
             self.tokens[index].extend(event.tokens)
         elif isinstance(event, End):

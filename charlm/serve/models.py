@@ -133,7 +133,7 @@ class ServedModel:
             logprobs = token_logprobs(self.generator.model, ids, context_token_id(self.tokenizer))
             result["token_logprobs"] = [
                 {"text": text, "logprob": float(lp), "offset": offset}
-                for (text, offset), lp in zip(self.token_spans(ids), logprobs)
+                for (text, offset), lp in zip(self.token_spans(request.text, ids), logprobs)
             ]
         return result
 
@@ -165,18 +165,22 @@ class ServedModel:
             "unit": unit,
             "tokens": [
                 {"text": text, "offset": offset, "logprob": float(lp)}
-                for (text, offset), lp in zip(self.token_spans(ids), trace.logprobs)
+                for (text, offset), lp in zip(self.token_spans(request.text, ids), trace.logprobs)
             ],
             "bits_per_char": nll / (counter.chars * math.log(2)) if counter.chars else None,
             "activations": [round(float(v), 5) for v in trace.activations[:, unit]],
             "ranking": {name: [{"unit": u, "score": round(s, 5)} for u, s in units] for name, units in ranking.items()},
         }
 
-    def token_spans(self, ids: np.ndarray) -> list[tuple[str, int]]:
-        """Each token's text and its character offset in the decoded text.
+    def token_spans(self, text: str, ids: np.ndarray) -> list[tuple[str, int]]:
+        """Each token's text and its character offset in text.
 
-        A character split over several tokens (bytes) is given to the token that ends it;
-        the others get empty text at the same offset."""
+        A character model has a token per character, the unknown ones included, so the
+        text's own characters are used. Otherwise the tokens are decoded (bytes and
+        SentencePiece spell the text exactly); a character split over several tokens is
+        given to the token that ends it, the others getting empty text at its offset."""
+        if self.tokenizer.kind == "char" and len(ids) == len(text):
+            return [(ch, i) for i, ch in enumerate(text)]
         spans = []
         offset = 0
         decoder = self.generator.tokenizer

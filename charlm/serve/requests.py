@@ -175,7 +175,7 @@ def read_completion(body: dict[str, Any], settings: ServeSettings) -> Completion
     top_p = fields.number("top_p", None, 0.0, 1.0)
     if top_p is not None and top_p == 0.0:
         raise bad("top_p", "must be more than 0 (got 0.0); use greedy or temperature 0 for the most likely token")
-    top_k = fields.integer("top_k", None, 0, 1 << 31)
+    top_k = fields.integer("top_k", None, -1, 1 << 31)
     if top_k == 0 or top_k == -1:  # llama.cpp and vLLM clients send these for "no top-k"
         top_k = None
     greedy = fields.boolean("greedy", False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 from typing import Optional
 
 import click
@@ -81,6 +82,7 @@ def serve(
     settings.validate()
     named = model_names(list(runs))
     torch_device = resolve_device(device)
+    listening = _listen(host, port)  # before loading: a taken port is said at once
     set_threads(threads)
     models = load_models(named, torch_device)
     if host not in LOCAL_HOSTS and settings.api_key is None:
@@ -91,13 +93,24 @@ def serve(
         server_header=False,
     )  # fmt: skip
     server = _Server(config, console, sorted(models), host)
-    try:
-        server.run()
-    except OSError as exc:  # the port is taken, the address does not exist here
-        raise CharlmError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
+    server.run(sockets=[listening])
     if not server.started:
         raise CharlmError(f"the server did not start on {host}:{port}; see the messages above")
     console.note("stopped")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a taken port or a foreign address is one line."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+    except OSError as exc:  # the port is taken, the address is not this machine's, the name is unknown
+        raise CharlmError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host"
+        ) from None
+    return listening
 
 
 class _Server:

@@ -91,6 +91,7 @@ class Service:
             self.stopping = True
             for model in self.models.values():
                 model.worker.stop(timeout=0)
+                model.analysis.shutdown(wait=False, cancel_futures=True)
         if wait:
             for model in self.models.values():
                 model.worker.join(timeout=10)
@@ -139,19 +140,19 @@ class Service:
         self.authorize(request)
         wanted = read_score(await self.body(request), self.settings)
         model = find_model(self.models, wanted.model)
-        return JSONResponse(await self._in_worker(model, lambda: model.score(wanted)))
+        return JSONResponse(await self._analysis(model, lambda: model.score(wanted)))
 
     async def inspect(self, request: Request) -> Response:
         self.authorize(request)
         wanted = read_inspect(await self.body(request), self.settings)
         model = find_model(self.models, wanted.model)
-        return JSONResponse(await self._in_worker(model, lambda: model.inspect(wanted)))
+        return JSONResponse(await self._analysis(model, lambda: model.inspect(wanted)))
 
-    async def _in_worker(self, model: ServedModel, job) -> Any:
+    async def _analysis(self, model: ServedModel, job) -> Any:
         if self.stopping:
             raise RequestError(503, "the server is shutting down", None, "shutting_down")
         try:
-            return await asyncio.wrap_future(model.worker.run_job(job))
+            return await asyncio.get_running_loop().run_in_executor(model.analysis, job)
         except CharlmError as exc:  # the text itself is the problem (nothing to score, ...)
             raise RequestError(400, str(exc), None, "invalid_value") from None
 

@@ -4,13 +4,16 @@
 wrong path or a classifier run is one error line at start-up, not a 500 later. A served
 model answers /v1/models (its shape, tokenizer and training figures), /v1/models/{id}/metrics
 (the training curve, read from metrics.jsonl when asked, so a run still training shows its
-progress), and the score and inspect requests (run in its worker thread, between steps).
+progress), and the score and inspect requests. Those run in a thread of their own, one at a
+time per model, beside the generation worker: a long text to score slows the streams by
+sharing the CPU but never stops them (the model's weights are only read, so both may use it).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -60,6 +63,7 @@ class ServedModel:
         self.generator.checkpoint = opened.checkpoint
         self.scorer = Scorer(opened.model, opened.tokenizer, device, lanes=self.config.train.eval_batch_size)
         self.worker = ModelWorker(name, self.generator)
+        self.analysis = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"charlm-analysis-{name}")
         self.created = int(self.run.path.stat().st_mtime)
 
     @property
@@ -112,7 +116,7 @@ class ServedModel:
                 val.append(point)
         return {"object": "metrics", "model": self.name, "train": train, "val": val}
 
-    # ----- work done in the worker thread ----------------------------------------------
+    # ----- work done in the analysis thread --------------------------------------------
     def score(self, request: ScoreRequest) -> dict[str, Any]:
         score = self.scorer.score_text(request.text)
         result: dict[str, Any] = {

@@ -4,7 +4,7 @@ A recurrent model carries a fixed-size state per stream, so a stream can join or
 batch between any two steps (continuous batching). Each loop of the worker:
 
   1. takes what arrived: a new stream is primed (its prompt read by the fused kernel in
-     one call) and its row appended to the batch; a job (scoring, inspection) is run;
+     one call) and its row appended to the batch;
   2. drops the streams whose client went away (they cost nothing from here on);
   3. samples the next token of every row (batch_sampling.py: each row by its own settings
      and seed, so a stream's text does not depend on its neighbours), and hands each stream
@@ -19,11 +19,10 @@ worker at its next loop. Nothing else is shared.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -144,7 +143,7 @@ class _Row:
 
 
 class ModelWorker:
-    """Owns one model on one device; streams and jobs reach it through `submit` and `run_job`."""
+    """Owns one model's generation on one device; streams reach it through `submit`."""
 
     def __init__(self, name: str, generator: Generator):
         self.name = name
@@ -169,12 +168,6 @@ class ModelWorker:
 
     def submit(self, stream: Stream) -> None:
         self._inbox.put(("stream", stream))
-
-    def run_job(self, job: Callable[[], Any]) -> concurrent.futures.Future:
-        """Run job() in the worker thread between two steps; the future holds its result."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._inbox.put(("job", job, future))
-        return future
 
     def stop(self, timeout: float = 10.0) -> None:
         """End every stream (finish reason "abort") and the thread; wait up to timeout for it."""
@@ -220,11 +213,9 @@ class ModelWorker:
                 return
             if item[0] == "stream":
                 item[1].put(Failed(message) if message else End("abort", 0, 0))
-            elif item[0] == "job":
-                item[2].set_exception(RuntimeError(message or "the server is stopping"))
 
     def _take_inbox(self, block: bool) -> bool:
-        """Admit new streams and run jobs; False once told to stop."""
+        """Admit the new streams; False once told to stop."""
         joined = []
         while True:
             try:
@@ -235,16 +226,8 @@ class ModelWorker:
             if item[0] == "stop":
                 self._admit(joined)
                 return False
-            if item[0] == "stream":
-                if not item[1].cancelled:
-                    joined.append(item[1])
-            else:
-                _, job, future = item
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(job())
-                    except BaseException as exc:  # the job's own error goes back to its caller
-                        future.set_exception(exc)
+            if not item[1].cancelled:
+                joined.append(item[1])
         self._admit(joined)
         return True
 

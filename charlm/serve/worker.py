@@ -107,11 +107,30 @@ class Stream:
         return self._cancelled.is_set()
 
     def put(self, event: Event) -> None:
-        """Called from the worker thread."""
+        """Hand one event over now (from the worker thread, when it has nothing else to send)."""
+        deliver([(self, event)])
+
+    def _receive(self, event: Event) -> None:
+        self._sink.put_nowait((self.index, event))
+
+
+def deliver(events: list[tuple[Stream, Event]]) -> None:
+    """Hand events to their streams' event loops: one wake-up per loop, not one per event
+    (a step of a hundred streams would otherwise write to the loop's pipe a hundred times)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, Event]]] = {}
+    for stream, event in events:
+        by_loop.setdefault(stream._loop, []).append((stream, event))
+    for loop, batch in by_loop.items():
         try:
-            self._loop.call_soon_threadsafe(self._sink.put_nowait, (self.index, event))
+            loop.call_soon_threadsafe(_receive_all, batch)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
-            self.cancel()
+            for stream, _ in batch:
+                stream.cancel()
+
+
+def _receive_all(batch: list[tuple[Stream, Event]]) -> None:
+    for stream, event in batch:
+        stream._receive(event)
 
 
 def token_text(data: bytes) -> str:
@@ -157,7 +176,7 @@ class ModelWorker:
         self._state: list[torch.Tensor] = []  # the stepper's per-layer state, (B, H) each
         self._utf8: Optional[torch.Tensor] = None  # (B,) UTF-8 automaton states, byte vocabularies
         self._settings: Optional[BatchSettings] = None
-        self._stopping = False
+        self._outbox: list[tuple[Stream, Event]] = []  # events of this loop, delivered at its end
         self._thread = threading.Thread(target=self._loop, name=f"charlm-worker-{name}", daemon=True)
         self.steps = 0  # batched steps taken, for tests and the benchmark
         self.error: Optional[BaseException] = None
@@ -191,8 +210,10 @@ class ModelWorker:
                 self._drop([row for row in self._rows if row.stream.cancelled])
                 if self._rows:
                     self._step()
+                self._flush()
         except BaseException as exc:  # a bug or a device failure: every stream is told, none hangs
             self.error = exc
+            self._outbox = []
             message = f"the model worker failed ({type(exc).__name__}: {exc})"
             for row in self._rows:
                 row.stream.put(Failed(message))
@@ -200,9 +221,18 @@ class ModelWorker:
             self._fail_inbox(message)
             raise
         for row in self._rows:
-            row.stream.put(End("abort", row.prompt_tokens, row.count))
+            self._post(row.stream, End("abort", row.prompt_tokens, row.count))
+        self._flush()
         self._rows = []
         self._fail_inbox(None)
+
+    def _post(self, stream: Stream, event: Event) -> None:
+        self._outbox.append((stream, event))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            events, self._outbox = self._outbox, []
+            deliver(events)
 
     def _fail_inbox(self, message: Optional[str]) -> None:
         """After the loop ends: whatever still waits is told, so no client hangs."""
@@ -257,7 +287,7 @@ class ModelWorker:
             row = _Row(stream, generator, prompt_tokens, offset)
             self._rows.append(row)
             if spec.echo and spec.prompt:
-                stream.put(Chunk(spec.prompt, echo_tokens))
+                self._post(stream, Chunk(spec.prompt, echo_tokens))
         fresh = torch.cat(lasts)  # (N, V)
         self._last = fresh if self._last is None else torch.cat([self._last, fresh])
         joined_state = [torch.cat(parts) for parts in zip(*states)]
@@ -325,14 +355,14 @@ class ModelWorker:
             if tail:
                 self._send(row, tail, final=True)
         row.pending = []
-        row.stream.put(End(reason, row.prompt_tokens, row.count))
+        self._post(row.stream, End(reason, row.prompt_tokens, row.count))
 
     def _send(self, row: _Row, text: str, final: bool = False) -> None:
         """Hand text to the client with the logprob entries of the tokens it covers."""
         row.emitted += len(text)
         covered = [t for t in row.pending if t.offset < row.emitted]
         row.pending = [t for t in row.pending if t.offset >= row.emitted]
-        row.stream.put(Chunk(text, covered))
+        self._post(row.stream, Chunk(text, covered))
 
     @torch.inference_mode()
     def _step(self) -> None:

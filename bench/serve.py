@@ -393,6 +393,17 @@ def judge(levels: list[dict]) -> list[dict]:
     return targets
 
 
+def checkout() -> dict:
+    """The commit measured, and the files that differ from it (the server's code may be among them)."""
+
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "changed": changed}
+
+
 def train_run(folder: Path, args, env: dict) -> tuple[Path, str]:
     """A run at charlm train's default shape, trained --train-steps steps (speed is all that counts)."""
     run = folder / "run"
@@ -470,8 +481,11 @@ def main() -> int:
     if not args.clients or min(args.clients) < 1 or max(args.clients) > 512 or args.requests < 1:
         parser.error("--clients from 1 to 512 each (the server's --max-concurrent) and --requests at least 1")
     header = budget_report.machine()
+    tree = checkout()
     print(f"CPU {header['cpu']} ({header['cores']} cores; {' '.join(header['cpu_flags']) or 'none'} of "
           f"{', '.join(budget_report.FLAGS)}); torch {header['torch']}; {header['date']}")  # fmt: skip
+    changed = f"; changed: {', '.join(tree['changed'])}" if tree["changed"] else ""
+    print(f"commit {(tree['commit'] or 'unknown')[:12]}{changed}")
     load = os.getloadavg()[0]
     if load > 1.0:
         print(f"warning: load average {load:.2f} before the start: other work shares the cores", flush=True)
@@ -523,7 +537,7 @@ def main() -> int:
             for p in level["problems"] + level["sequential"]["problems"] + level["join_problems"]:
                 print(f"  {level['clients']} clients: seed {p['seed']}: {p['problem']}")
         result = {
-            "machine": header, "threads": args.threads, "device": args.device, "clients": args.clients,
+            "machine": header, "checkout": tree, "threads": args.threads, "device": args.device, "clients": args.clients,
             "requests_per_client": args.requests, "max_tokens": args.max_tokens, "prompt": args.prompt,
             "run": str(args.run) if args.run else None, "train_command": train_command,
             "serve_command": "charlm " + " ".join(server.command[3:]), "model": described, "levels": levels, "targets": targets,

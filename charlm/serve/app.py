@@ -195,8 +195,9 @@ class Service:
             return StreamingResponse(self._sse(request, reply, streams, sink), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
         try:
-            async for index, event in self._events(request, streams, sink):
-                reply.take(index, event)
+            async for events in self._events(request, streams, sink):
+                for index, event in events:
+                    reply.take(index, event)
         finally:
             self._release(streams)
         if reply.failure:
@@ -208,30 +209,30 @@ class Service:
             stream.cancel()  # a no-op for the finished ones
         self.slots.give_back(len(streams))
 
-    async def _events(self, request: Request, streams: list[Stream], sink: asyncio.Queue) -> AsyncIterator[tuple]:
-        """Every stream's events until all have ended; stops early if the client goes away."""
+    async def _events(self, request: Request, streams: list[Stream], sink: asyncio.Queue) -> AsyncIterator[list]:
+        """The streams' events, as many at a time as have arrived, until every stream has
+        ended; it stops early when the client goes away (a watcher puts GONE on the queue)."""
         open_streams = len(streams)
-        gone = asyncio.ensure_future(_disconnected(request))
+        watcher = asyncio.ensure_future(_watch_disconnect(request, sink))
         try:
             while open_streams:
-                getting = asyncio.ensure_future(sink.get())
-                await asyncio.wait({getting, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not getting.done():
-                    getting.cancel()
+                events = [await sink.get()]
+                while not sink.empty():
+                    events.append(sink.get_nowait())
+                if any(index is GONE for index, _ in events):
                     return
-                index, event = getting.result()
-                if isinstance(event, (End, Failed)):
-                    open_streams -= 1
-                yield index, event
+                open_streams -= sum(isinstance(event, (End, Failed)) for _, event in events)
+                yield events
         finally:
-            gone.cancel()
+            watcher.cancel()
 
     async def _sse(self, request: Request, reply: "Reply", streams: list[Stream], sink: asyncio.Queue):
         try:
-            async for index, event in self._events(request, streams, sink):
-                chunk = reply.chunk(index, event)
-                if chunk is not None:
-                    yield f"data: {json.dumps(chunk)}\n\n"
+            async for events in self._events(request, streams, sink):
+                chunks = (reply.chunk(index, event) for index, event in events)
+                text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks if chunk is not None)
+                if text:
+                    yield text
             if reply.failure:
                 yield f"data: {json.dumps(server_error(reply.failure))}\n\n"
             elif reply.request.include_usage:
@@ -241,11 +242,16 @@ class Service:
             self._release(streams)
 
 
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone (the body was read already, so only that can arrive)."""
+GONE = object()  # what the disconnect watcher puts on a request's queue
+
+
+async def _watch_disconnect(request: Request, sink: asyncio.Queue) -> None:
+    """Put GONE on the queue when the client has gone (the body was read already, so only
+    that can arrive)."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
+            sink.put_nowait((GONE, None))
             return
 
 

@@ -11,134 +11,37 @@ batch between any two steps (continuous batching). Each loop of the worker:
      its new text, holding back what may begin a stop string;
   4. drops the finished rows and advances the rest one step (stepper.py).
 
-The async side talks to it only through Stream objects: the worker puts events on each
-stream's asyncio queue with call_soon_threadsafe, and a stream's `cancel()` is read by the
-worker at its next loop. Nothing else is shared.
+The async side talks to it only through Stream objects (streams.py): the worker hands each
+loop's events to the event loop at once, and a stream's `cancel()` is read by the worker at
+its next loop. Nothing else is shared.
 """
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from charlm.inference.batch_sampling import BatchSettings, RowSettings, sample_rows
+from charlm.inference.batch_sampling import BatchSettings, sample_rows
 from charlm.inference.generate import Generator, StopScanner
+from charlm.serve.streams import Chunk, End, Event, Failed, Stream, TokenInfo, deliver, token_text
 from charlm.text.tokenizer import StreamDecoder
 
 PRIME_WINDOW = 4096  # prompt tokens per forward pass while priming
 
 
-@dataclass(frozen=True)
-class StreamSpec:
-    """What one choice asks for: its prompt, length, settings, seed and extras."""
-
-    prompt: str
-    max_tokens: int
-    settings: RowSettings
-    seed: Optional[int] = None  # None: fresh randomness
-    seed_index: int = 0  # mixed into the seed: a request's choices differ, each repeatable
-    stop: tuple[str, ...] = ()
-    logprobs: Optional[int] = None  # alternatives per token, 0 for the chosen token's only
-    echo: bool = False
-
-
-@dataclass
-class TokenInfo:
-    """One token of a choice's text, for the logprobs field."""
-
-    text: str
-    logprob: Optional[float]  # None for the first prompt token (nothing predicts it)
-    top: Optional[dict[str, float]]
-    offset: int
-
-
-@dataclass
-class Chunk:
-    """New text of a stream, with the tokens that made it when logprobs were asked for."""
-
-    text: str
-    tokens: list[TokenInfo] = field(default_factory=list)
-
-
-@dataclass
-class End:
-    """A stream is over: why ("stop", "length", or "abort" when the server is stopping)."""
-
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Failed:
-    """The worker could not make this stream (a bug or the device failed): what to say."""
-
-    message: str
-
-
-Event = Union[Chunk, End, Failed]
-
-
-class Stream:
-    """One choice, between the worker thread and the coroutine that answers the client.
-
-    The streams of one request share one asyncio queue (`sink`); the worker puts
-    (index, event) pairs on it, index being the choice's place in the request."""
-
-    def __init__(self, spec: StreamSpec, loop: asyncio.AbstractEventLoop, sink: asyncio.Queue, index: int = 0):
-        self.spec = spec
-        self.index = index
-        self._sink = sink
-        self._loop = loop
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """The client is gone: the worker drops this stream at its next loop."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def put(self, event: Event) -> None:
-        """Hand one event over now (from the worker thread, when it has nothing else to send)."""
-        deliver([(self, event)])
-
-    def _receive(self, event: Event) -> None:
-        self._sink.put_nowait((self.index, event))
-
-
-def deliver(events: list[tuple[Stream, Event]]) -> None:
-    """Hand events to their streams' event loops: one wake-up per loop, not one per event
-    (a step of a hundred streams would otherwise write to the loop's pipe a hundred times)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, Event]]] = {}
-    for stream, event in events:
-        by_loop.setdefault(stream._loop, []).append((stream, event))
-    for loop, batch in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_receive_all, batch)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            for stream, _ in batch:
-                stream.cancel()
-
-
-def _receive_all(batch: list[tuple[Stream, Event]]) -> None:
-    for stream, event in batch:
-        stream._receive(event)
-
-
-def token_text(data: bytes) -> str:
-    """A token's text for logprobs: its characters, or its bytes when they are not whole ones."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+def alternatives(logp: torch.Tensor, k: int, token_bytes: list[bytes]) -> Optional[dict[str, float]]:
+    """The k most likely tokens of logp (V,) by their text, for top_logprobs (None for k 0)."""
+    if k <= 0:
+        return None
+    values, ids = torch.topk(logp, min(k, logp.shape[-1]))
+    top: dict[str, float] = {}
+    for value, token in zip(values.tolist(), ids.tolist()):
+        top.setdefault(token_text(token_bytes[token]), value)
+    return top
 
 
 class _Row:
@@ -315,19 +218,9 @@ class ModelWorker:
             if position >= len(ids):
                 break
             text = token_text(tokens[ids[position]])
-            out.append(TokenInfo(text, float(logp[t, ids[position]]), self._top(logp[t], top), offset))
+            out.append(TokenInfo(text, float(logp[t, ids[position]]), alternatives(logp[t], top, tokens), offset))
             offset += len(text)
         return out
-
-    def _top(self, logp: torch.Tensor, k: int) -> Optional[dict[str, float]]:
-        if k <= 0:
-            return None
-        values, ids = torch.topk(logp, min(k, logp.shape[-1]))
-        tokens = self.generator.token_bytes
-        top: dict[str, float] = {}
-        for value, token in zip(values.tolist(), ids.tolist()):
-            top.setdefault(token_text(tokens[token]), value)
-        return top
 
     def _drop(self, rows: list[_Row], reason: Optional[str] = None) -> None:
         """Take rows out of the batch; with a reason, tell their streams they ended."""
@@ -391,7 +284,7 @@ class ModelWorker:
             row.count += 1
             text = row.decoder.push(token)
             if row.spec.logprobs is not None:
-                top = self._top(logp[b], row.spec.logprobs)
+                top = alternatives(logp[b], row.spec.logprobs, token_bytes)
                 row.pending.append(TokenInfo(token_text(token_bytes[token]), chosen[b], top, row.decoded))
             row.decoded += len(text)
             safe, stopped = row.scanner.push(text)

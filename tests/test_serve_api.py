@@ -333,3 +333,21 @@ def test_stopping_the_server_ends_streams_with_a_finish_reason(run):
         assert events[-1]["choices"][0]["finish_reason"] == "abort"
         refused = post(stopping, "/v1/completions", {"model": MODEL, "prompt": "a"})
         assert refused.status_code == 503
+
+
+def test_a_worker_that_fails_answers_every_client_instead_of_hanging(run):
+    with running_server({MODEL: run}) as broken:
+        stepper = broken.service.models[MODEL].generator.stepper
+
+        def failing_step(tokens, state):
+            raise RuntimeError("the device is gone")
+
+        stepper.step = failing_step  # a stand-in for a device failure in the middle of a step
+        plain = post(broken, "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 5})
+        assert plain.status_code == 500 and plain.json()["error"]["type"] == "server_error"
+        assert "Traceback" not in plain.text
+        streamed = post(broken, "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 5, "stream": True})
+        lines = [line for line in streamed.text.splitlines() if line]
+        assert lines[-1] == "data: [DONE]" and "the model worker failed" in lines[-2]
+        later = post(broken, "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 5})
+        assert later.status_code == 500  # answered at once, not left waiting on a dead thread

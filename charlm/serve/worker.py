@@ -3,8 +3,8 @@
 A recurrent model carries a fixed-size state per stream, so a stream can join or leave the
 batch between any two steps (continuous batching). Each loop of the worker:
 
-  1. takes what arrived: a new stream is primed (its prompt read by the fused kernel in
-     one call) and its row appended to the batch;
+  1. takes what arrived: the new streams are primed (priming.py: short prompts stepped
+     together, long ones through the fused kernel) and their rows appended to the batch;
   2. drops the streams whose client went away (they cost nothing from here on);
   3. samples the next token of every row (batch_sampling.py: each row by its own settings
      and seed, so a stream's text does not depend on its neighbours), and hands each stream
@@ -18,8 +18,10 @@ its next loop. Nothing else is shared.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -27,10 +29,9 @@ import torch
 
 from charlm.inference.batch_sampling import BatchSettings, sample_rows
 from charlm.inference.generate import Generator, StopScanner
+from charlm.inference.priming import SHORT_PROMPT, prime_fused, prime_stepped
 from charlm.serve.streams import Chunk, End, Event, Failed, Stream, TokenInfo, deliver, token_text
 from charlm.text.tokenizer import StreamDecoder
-
-PRIME_WINDOW = 4096  # prompt tokens per forward pass while priming
 
 
 def alternatives(logp: torch.Tensor, k: int, token_bytes: list[bytes]) -> Optional[dict[str, float]]:
@@ -42,6 +43,36 @@ def alternatives(logp: torch.Tensor, k: int, token_bytes: list[bytes]) -> Option
     for value, token in zip(values.tolist(), ids.tolist()):
         top.setdefault(token_text(token_bytes[token]), value)
     return top
+
+
+def echo_collector(ids: list[int], top: int, entries: list[TokenInfo], token_bytes: list[bytes]):
+    """prime_fused's on_window for an echo with logprobs: gathers the prompt tokens' entries."""
+
+    def collect(begin: int, logits: torch.Tensor) -> None:
+        entries.extend(prompt_entries(ids, begin, logits, top, entries, token_bytes))
+
+    return collect
+
+
+def prompt_entries(
+    ids: list[int], begin: int, logits: torch.Tensor, top: int, so_far: list[TokenInfo], token_bytes: list[bytes]
+) -> list[TokenInfo]:
+    """Entries for the prompt tokens a window of priming logits (T, V) predicts."""
+    logp = torch.log_softmax(logits, dim=-1)
+    out = []
+    offset = (so_far[-1].offset + len(so_far[-1].text)) if so_far else 0
+    if begin == 0:
+        first = token_text(token_bytes[ids[0]])
+        out.append(TokenInfo(first, None, None, 0))
+        offset = len(first)
+    for t in range(logp.shape[0]):
+        position = begin + t + 1  # the prompt token this row of logits predicts
+        if position >= len(ids):
+            break
+        text = token_text(token_bytes[ids[position]])
+        out.append(TokenInfo(text, float(logp[t, ids[position]]), alternatives(logp[t], top, token_bytes), offset))
+        offset += len(text)
+    return out
 
 
 class _Row:
@@ -64,6 +95,9 @@ class _Row:
             self.rng = np.random.default_rng(np.random.SeedSequence([spec.seed % (1 << 64), spec.seed_index]))
 
 
+log = logging.getLogger("charlm.serve")
+
+
 class ModelWorker:
     """Owns one model's generation on one device; streams reach it through `submit`."""
 
@@ -80,6 +114,7 @@ class ModelWorker:
         self._utf8: Optional[torch.Tensor] = None  # (B,) UTF-8 automaton states, byte vocabularies
         self._settings: Optional[BatchSettings] = None
         self._outbox: list[tuple[Stream, Event]] = []  # events of this loop, delivered at its end
+        self._arriving: list[Stream] = []  # taken from the inbox, not yet rows
         self._thread = threading.Thread(target=self._loop, name=f"charlm-worker-{name}", daemon=True)
         self.steps = 0  # batched steps taken, for tests and the benchmark
         self.error: Optional[BaseException] = None
@@ -90,6 +125,8 @@ class ModelWorker:
 
     def submit(self, stream: Stream) -> None:
         self._inbox.put(("stream", stream))
+        if self.error is not None:  # the thread is gone: nobody would read the inbox
+            self._fail_inbox(f"the model worker failed earlier ({type(self.error).__name__}: {self.error})")
 
     def stop(self, timeout: float = 10.0) -> None:
         """End every stream (finish reason "abort") and the thread; wait up to timeout for it."""
@@ -114,15 +151,20 @@ class ModelWorker:
                 if self._rows:
                     self._step()
                 self._flush()
+                # let the event loop's thread take the GIL now, to send what was just handed
+                # over and read new requests; otherwise it may wait a whole switch interval (5 ms)
+                time.sleep(0)
         except BaseException as exc:  # a bug or a device failure: every stream is told, none hangs
             self.error = exc
             self._outbox = []
             message = f"the model worker failed ({type(exc).__name__}: {exc})"
-            for row in self._rows:
-                row.stream.put(Failed(message))
-            self._rows = []
+            told = {id(row.stream) for row in self._rows}
+            for stream in [row.stream for row in self._rows] + [s for s in self._arriving if id(s) not in told]:
+                stream.put(Failed(message))
+            self._rows, self._arriving = [], []
             self._fail_inbox(message)
-            raise
+            log.error("the worker of %s failed; its requests are answered with a 500", self.name, exc_info=exc)
+            return
         for row in self._rows:
             self._post(row.stream, End("abort", row.prompt_tokens, row.count))
         self._flush()
@@ -161,36 +203,42 @@ class ModelWorker:
                 return False
             if not item[1].cancelled:
                 joined.append(item[1])
+                self._arriving = joined  # told too if the worker fails
         self._admit(joined)
+        self._arriving = []
         return True
 
     @torch.inference_mode()
     def _admit(self, streams: list[Stream]) -> None:
-        """Prime each new stream on its prompt and append its row to the batch."""
+        """Prime the new streams on their prompts and append their rows to the batch: the
+        short prompts all together (stepped), each long one, or one whose echo needs the
+        prompt's logprobs, through the fused kernel."""
         if not streams:
             return
         generator = self.generator
-        lasts, states = [], []
-        for stream in streams:
-            spec = stream.spec
-            ids = generator.prompt_ids(spec.prompt)
-            prompt = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, P)
-            model_state = None
-            echo_tokens: list[TokenInfo] = []
-            for begin in range(0, prompt.shape[1], PRIME_WINDOW):
-                logits, model_state = generator.model(prompt[:, begin : begin + PRIME_WINDOW], model_state)
-                if spec.echo and spec.logprobs is not None and spec.prompt:
-                    echo_tokens += self._prompt_logprobs(ids, begin, logits[0].float(), spec.logprobs, echo_tokens)
-                last = logits[:, -1, :].float()
-                del logits
+        prompts = [generator.prompt_ids(stream.spec.prompt) for stream in streams]
+        echo_logprobs = [s.spec.echo and s.spec.logprobs is not None and bool(s.spec.prompt) for s in streams]
+        short = [i for i, ids in enumerate(prompts) if len(ids) <= SHORT_PROMPT and not echo_logprobs[i]]
+        order, lasts, states = list(short), [], []
+        if short:
+            last, state = prime_stepped(generator.stepper, [prompts[i] for i in short])
             lasts.append(last)
-            states.append(generator.stepper.from_model_state(model_state))
+            states.append(state)
+        echoes: dict[int, list[TokenInfo]] = {}
+        for i in [i for i in range(len(streams)) if i not in set(short)]:
+            echoes[i] = []
+            top = streams[i].spec.logprobs
+            collect = echo_collector(prompts[i], top, echoes[i], generator.token_bytes) if echo_logprobs[i] else None
+            last, state = prime_fused(generator.stepper, prompts[i], collect)
+            order.append(i)
+            lasts.append(last)
+            states.append(state)
+        for i in order:
+            stream, spec = streams[i], streams[i].spec
             prompt_tokens = len(generator.tokenizer.encode(spec.prompt)) if spec.prompt else 0
-            offset = len(spec.prompt) if spec.echo else 0
-            row = _Row(stream, generator, prompt_tokens, offset)
-            self._rows.append(row)
+            self._rows.append(_Row(stream, generator, prompt_tokens, len(spec.prompt) if spec.echo else 0))
             if spec.echo and spec.prompt:
-                self._post(stream, Chunk(spec.prompt, echo_tokens))
+                self._post(stream, Chunk(spec.prompt, echoes.get(i, [])))
         fresh = torch.cat(lasts)  # (N, V)
         self._last = fresh if self._last is None else torch.cat([self._last, fresh])
         joined_state = [torch.cat(parts) for parts in zip(*states)]
@@ -200,27 +248,6 @@ class ModelWorker:
             self._utf8 = fresh_utf8 if self._utf8 is None else torch.cat([self._utf8, fresh_utf8])
         self._settings = None
         self._drop([row for row in self._rows if row.spec.max_tokens == 0], "length")
-
-    def _prompt_logprobs(
-        self, ids: list[int], begin: int, logits: torch.Tensor, top: int, so_far: list[TokenInfo]
-    ) -> list[TokenInfo]:
-        """Entries for the prompt tokens a window of priming logits (T, V) predicts (echo)."""
-        tokens = self.generator.token_bytes
-        logp = torch.log_softmax(logits, dim=-1)
-        out = []
-        offset = (so_far[-1].offset + len(so_far[-1].text)) if so_far else 0
-        if begin == 0:
-            first = token_text(tokens[ids[0]])
-            out.append(TokenInfo(first, None, None, 0))
-            offset = len(first)
-        for t in range(logp.shape[0]):
-            position = begin + t + 1  # the prompt token this row of logits predicts
-            if position >= len(ids):
-                break
-            text = token_text(tokens[ids[position]])
-            out.append(TokenInfo(text, float(logp[t, ids[position]]), alternatives(logp[t], top, tokens), offset))
-            offset += len(text)
-        return out
 
     def _drop(self, rows: list[_Row], reason: Optional[str] = None) -> None:
         """Take rows out of the batch; with a reason, tell their streams they ended."""

@@ -229,8 +229,7 @@ class Service:
     async def _sse(self, request: Request, reply: "Reply", streams: list[Stream], sink: asyncio.Queue):
         try:
             async for events in self._events(request, streams, sink):
-                chunks = (reply.chunk(index, event) for index, event in events)
-                text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks if chunk is not None)
+                text = "".join(reply.sse(index, event) for index, event in events)
                 if text:
                     yield text
             if reply.failure:

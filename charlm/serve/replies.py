@@ -8,6 +8,7 @@ usage, the prompt tokens counted once per prompt whatever n is.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 from charlm.serve.requests import CompletionRequest
@@ -28,6 +29,7 @@ class Reply:
         self.prompt_tokens: dict[int, int] = {}  # per prompt, counted once whatever n is
         self.completion_tokens = 0
         self.failure: Optional[str] = None
+        self._template: Optional[list[str]] = None  # sse()'s text chunk, cut where the text and index go
 
     def take(self, index: int, event) -> None:
         if isinstance(event, Chunk):
@@ -83,6 +85,21 @@ class Reply:
         else:
             return None
         return {**self._head(), "choices": [choice]}
+
+    def sse(self, index: int, event) -> str:
+        """chunk() as an SSE event, "" for none. A text chunk without logprobs, the one sent
+        for nearly every token, is written from a template: only its text is encoded."""
+        if isinstance(event, Chunk) and self.request.logprobs is None:
+            if self._template is None:
+                marker = "\x00"
+                whole = json.dumps({**self._head(), "choices": [{"text": marker, "index": 0, "logprobs": None,
+                                                                  "finish_reason": None}]})  # fmt: skip
+                before, after = whole.split(json.dumps(marker))
+                self._template = [before, *after.split('"index": 0')]
+            before, middle, after = self._template
+            return f'data: {before}{json.dumps(event.text)}{middle}"index": {index}{after}\n\n'
+        chunk = self.chunk(index, event)
+        return f"data: {json.dumps(chunk)}\n\n" if chunk is not None else ""
 
     def usage_chunk(self) -> dict[str, Any]:
         return {**self._head(), "choices": [], "usage": self.usage()}

@@ -351,3 +351,24 @@ def test_a_worker_that_fails_answers_every_client_instead_of_hanging(run):
         assert lines[-1] == "data: [DONE]" and "the model worker failed" in lines[-2]
         later = post(broken, "/v1/completions", {"model": MODEL, "prompt": "a", "max_tokens": 5})
         assert later.status_code == 500  # answered at once, not left waiting on a dead thread
+
+
+def test_a_byte_level_gru_serves_whole_characters(tmp_path_factory):
+    text = word_text(3000) + " naïve café — 東京 🙂\n" * 40
+    byte_run = train_tiny_run(tmp_path_factory.mktemp("bytes"), text, tokenizer="byte", max_steps=30, batch_size=8,
+                              seq_len=32, lr=1e-2, warmup_steps=5, eval_every=30, checkpoint_every=10_000,
+                              log_every=10, eval_batch_size=4, model={"cell": "gru"})  # fmt: skip
+    with running_server({"bytes": byte_run}) as served:
+        done = post(served, "/v1/completions", {"model": "bytes", "prompt": "東", "max_tokens": 60, "seed": 1,
+                                                "echo": True, "logprobs": 1}).json()  # fmt: skip
+        choice = choice_of(done)
+        assert choice["text"].startswith("東") and "\ufffd" not in choice["text"]
+        assert "".join(t for t in choice["logprobs"]["tokens"] if not t.startswith("bytes:")) != ""
+        sample = "café 🙂 東京"
+        scored = post(served, "/v1/score", {"model": "bytes", "text": sample, "token_logprobs": True}).json()
+        assert scored["tokens"] == len(sample.encode("utf-8")) and scored["chars"] == len(sample)
+        assert "".join(t["text"] for t in scored["token_logprobs"]) == sample  # each character on the byte ending it
+        seen = post(served, "/v1/inspect", {"model": "bytes", "text": sample}).json()
+        assert seen["states"] == ["hidden"] and len(seen["activations"]) == len(sample.encode("utf-8"))
+        cell = post(served, "/v1/inspect", {"model": "bytes", "text": sample, "state": "cell"})
+        assert cell.status_code == 400 and cell.json()["error"]["param"] == "state"

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from helpers import assert_user_error, charlm_command, child_env, run_cli, train_tiny_run, word_text, write_text
 
+pytestmark = pytest.mark.slow  # real charlm processes, as the other tests that start them
+
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
@@ -65,7 +67,6 @@ def test_an_open_interface_without_a_key_is_warned_about(lm):
     assert process.returncode == 0
 
 
-@pytest.mark.slow
 def test_runs_it_cannot_serve_are_one_line_errors(lm, tmp_path):
     assert_user_error(run_cli("serve", str(tmp_path / "nothing"), "--port", "0"), "nothing")
     assert_user_error(run_cli("serve", str(lm), f"run={lm}", "--port", "0"), "two runs would be served as 'run'")

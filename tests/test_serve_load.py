@@ -39,6 +39,8 @@ import httpx
 import pytest
 from helpers import REPO, child_env
 
+pytestmark = pytest.mark.slow  # real charlm processes, as the other tests that start them
+
 WORDS = "the quick brown fox jumps over a lazy dog and then runs home to sleep".split()
 URL_LINE = re.compile(r"serving .* on (http://127\.0\.0\.1:(\d+))")
 CLIENTS, REQUESTS = 16, 5

@@ -11,13 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import torch
 
 pytest.importorskip("playwright")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,11 +24,9 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 
-import uvicorn  # noqa: E402
+from helpers.server import running_server  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-from charlm.serve.app import create_app  # noqa: E402
-from charlm.serve.models import load_models  # noqa: E402
 from charlm.serve.settings import ServeSettings  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog and then runs home to sleep".split()
@@ -61,18 +56,8 @@ def run_dir(tmp_path_factory) -> Path:
 def server_url(run_dir):
     """The real app on a free port of 127.0.0.1, served by uvicorn in a thread."""
     # a large max_tokens so a generation is still running when the test presses Stop
-    app = create_app(load_models({"tiny": run_dir}, torch.device("cpu")), ServeSettings(max_tokens=1_000_000))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_server({"tiny": run_dir}, ServeSettings(max_tokens=1_000_000)) as server:
+        yield server.url
 
 
 def output_length(page) -> int:

@@ -231,12 +231,18 @@ class ScoreRequest:
     token_logprobs: bool
 
 
+def model_and_text(fields: Fields, most: int, doing: str) -> tuple[str, str]:
+    """The model and the non-empty text of a request that reads a text (score, inspect)."""
+    model = fields.string("model", required=True)
+    text = fields.string("text", required=True, most=most)
+    if not text:
+        raise bad("text", f"is empty; there is nothing to {doing}")
+    return model, text
+
+
 def read_score(body: dict[str, Any], settings: ServeSettings) -> ScoreRequest:
     fields = Fields(body)
-    model = fields.string("model", required=True)
-    text = fields.string("text", required=True, most=settings.max_score_chars)
-    if not text:
-        raise bad("text", "is empty; there is nothing to score")
+    model, text = model_and_text(fields, settings.max_score_chars, "score")
     return ScoreRequest(model, text, fields.boolean("token_logprobs", False))
 
 
@@ -252,10 +258,7 @@ class InspectRequest:
 
 def read_inspect(body: dict[str, Any], settings: ServeSettings) -> InspectRequest:
     fields = Fields(body)
-    model = fields.string("model", required=True)
-    text = fields.string("text", required=True, most=settings.max_inspect_chars)
-    if not text:
-        raise bad("text", "is empty; there is nothing to inspect")
+    model, text = model_and_text(fields, settings.max_inspect_chars, "inspect")
     layer = fields.integer("layer", None, 0, 1 << 20)
     state = fields.string("state", "hidden")
     unit = fields.integer("unit", None, 0, 1 << 30)

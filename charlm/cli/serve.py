@@ -92,7 +92,7 @@ def serve(
         app, host=host, port=port, log_level="warning", access_log=access_log, timeout_graceful_shutdown=5,
         server_header=False,
     )  # fmt: skip
-    server = _Server(config, console, sorted(models), host)
+    server = _server(config, console, sorted(models), host)
     server.run(sockets=[listening])
     if not server.started:
         raise CharlmError(f"the server did not start on {host}:{port}; see the messages above")
@@ -113,29 +113,28 @@ def _listen(host: str, port: int) -> socket.socket:
     return listening
 
 
-class _Server:
-    """uvicorn's Server, saying where it listens and ending the streams first on Ctrl-C/SIGTERM."""
+def _server(config, console: Console, names: list[str], host: str):
+    """uvicorn's Server (imported with the serve extra), saying where it listens once it does,
+    and ending the streams in flight first on Ctrl-C or SIGTERM."""
+    import uvicorn
 
-    def __new__(cls, config, console: Console, names: list[str], host: str):
-        import uvicorn
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if not self.started:
+                return
+            port = self.servers[0].sockets[0].getsockname()[1]
+            where = f"[{host}]" if ":" in host else host
+            url = f"http://{where}:{port}"
+            console.info(f"serving {', '.join(names)} on {url} (playground at {url}/); Ctrl-C stops")
 
-        class Server(uvicorn.Server):
-            async def startup(self, sockets=None) -> None:
-                await super().startup(sockets)
-                if not self.started:
-                    return
-                port = self.servers[0].sockets[0].getsockname()[1]
-                where = f"[{host}]" if ":" in host else host
-                url = f"http://{where}:{port}"
-                console.info(f"serving {', '.join(names)} on {url} (playground at {url}/); Ctrl-C stops")
+        def handle_exit(self, sig, frame) -> None:
+            # streams in flight end now (finish reason "abort"), so the graceful wait is short;
+            # the signal is not raised again afterwards: a stopped server exits 0
+            config.app.state.service.stop(wait=False)
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
 
-            def handle_exit(self, sig, frame) -> None:
-                # streams in flight end now (finish reason "abort"), so the graceful wait is short;
-                # the signal is not raised again afterwards: a stopped server exits 0
-                config.app.state.service.stop(wait=False)
-                if self.should_exit and sig == signal.SIGINT:
-                    self.force_exit = True
-                else:
-                    self.should_exit = True
-
-        return Server(config)
+    return Server(config)

@@ -88,6 +88,11 @@ class Stream:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    def backlog(self) -> int:
+        """Events waiting on this stream's request queue, unread by the client (from any thread:
+        a deque's length is read atomically)."""
+        return self._sink.qsize()
+
     def put(self, event: Event) -> None:
         """Hand one event over now (from the worker thread, when it has nothing else to send)."""
         deliver([(self, event)])

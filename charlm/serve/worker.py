@@ -11,6 +11,10 @@ batch between any two steps (continuous batching). Each loop of the worker:
      its new text, holding back what may begin a stop string;
   4. drops the finished rows and advances the rest one step (stepper.py).
 
+A stream whose client reads slower than the model writes is parked: its row leaves the batch
+with its state, logits and random generator kept, and comes back where it was once its
+queue has drained, so a stalled client costs neither compute nor unbounded memory.
+
 The async side talks to it only through Stream objects (streams.py): the worker hands each
 loop's events to the event loop at once, and a stream's `cancel()` is read by the worker at
 its next loop. Nothing else is shared.
@@ -93,9 +97,42 @@ class _Row:
             self.rng = np.random.default_rng()
         else:
             self.rng = np.random.default_rng(np.random.SeedSequence([spec.seed % (1 << 64), spec.seed_index]))
+        self.parked: Optional[tuple] = None  # (last, state, utf8) while out of the batch for a slow reader
+
+    def push(self, token: int, logprob: Optional[tuple]) -> tuple[Optional[Chunk], Optional[str]]:
+        """Take one sampled token (with its (text, logprob, top) when logprobs are asked for):
+        the chunk to send now, if any, and the finish reason, if it ends the stream."""
+        self.count += 1
+        text = self.decoder.push(token)
+        if logprob is not None:
+            self.pending.append(TokenInfo(*logprob, self.decoded))
+        self.decoded += len(text)
+        safe, stopped = self.scanner.push(text)
+        chunk = self.release(safe) if safe else None
+        return chunk, "stop" if stopped else ("length" if self.count >= self.spec.max_tokens else None)
+
+    def release(self, text: str) -> Chunk:
+        """Text for the client, with the logprob entries of the tokens it covers."""
+        self.emitted += len(text)
+        covered = [t for t in self.pending if t.offset < self.emitted]
+        self.pending = [t for t in self.pending if t.offset >= self.emitted]
+        return Chunk(text, covered)
+
+    def finish(self, reason: str) -> list[Event]:
+        """The last events of the stream; at "length" what the stop scanner held back is text."""
+        tail = self.scanner.flush() if reason == "length" else ""
+        events: list[Event] = [self.release(tail)] if tail else []
+        self.pending = []
+        return events + [End(reason, self.prompt_tokens, self.count)]
 
 
 log = logging.getLogger("charlm.serve")
+# A client that reads slower than the model writes (or not at all) would have its text pile up
+# in memory: past PARK_BACKLOG events waiting on its queue its rows leave the batch, state kept,
+# and come back once the queue is down to RESUME_BACKLOG.
+PARK_BACKLOG = 512
+RESUME_BACKLOG = 64
+PARKED_POLL_S = 0.01  # how often a worker with only parked rows looks at their queues
 
 
 class ModelWorker:
@@ -115,6 +152,7 @@ class ModelWorker:
         self._settings: Optional[BatchSettings] = None
         self._outbox: list[tuple[Stream, Event]] = []  # events of this loop, delivered at its end
         self._arriving: list[Stream] = []  # taken from the inbox, not yet rows
+        self._parked: list[_Row] = []  # out of the batch until their client reads
         self._thread = threading.Thread(target=self._loop, name=f"charlm-worker-{name}", daemon=True)
         self.steps = 0  # batched steps taken, for tests and the benchmark
         self.error: Optional[BaseException] = None
@@ -139,15 +177,23 @@ class ModelWorker:
 
     @property
     def active(self) -> int:
+        """Streams in the batch (being generated)."""
         return len(self._rows)
+
+    @property
+    def parked(self) -> int:
+        """Streams set aside until their client reads what is waiting for it."""
+        return len(self._parked)
 
     # ----- the worker thread ----------------------------------------------------------
     def _loop(self) -> None:
         try:
             while True:
-                if not self._take_inbox(block=not self._rows):
+                wait = 0 if self._rows else (PARKED_POLL_S if self._parked else None)
+                if not self._take_inbox(wait):
                     break
                 self._drop([row for row in self._rows if row.stream.cancelled])
+                self._balance()
                 if self._rows:
                     self._step()
                 self._flush()
@@ -158,21 +204,19 @@ class ModelWorker:
             self.error = exc
             self._outbox = []
             message = f"the model worker failed ({type(exc).__name__}: {exc})"
-            told = {id(row.stream) for row in self._rows}
-            for stream in [row.stream for row in self._rows] + [s for s in self._arriving if id(s) not in told]:
+            rows = self._rows + self._parked
+            told = {id(row.stream) for row in rows}
+            for stream in [row.stream for row in rows] + [s for s in self._arriving if id(s) not in told]:
                 stream.put(Failed(message))
-            self._rows, self._arriving = [], []
+            self._rows, self._parked, self._arriving = [], [], []
             self._fail_inbox(message)
             log.error("the worker of %s failed; its requests are answered with a 500", self.name, exc_info=exc)
             return
-        for row in self._rows:
-            self._post(row.stream, End("abort", row.prompt_tokens, row.count))
+        for row in self._rows + self._parked:
+            self._outbox.append((row.stream, End("abort", row.prompt_tokens, row.count)))
         self._flush()
-        self._rows = []
+        self._rows, self._parked = [], []
         self._fail_inbox(None)
-
-    def _post(self, stream: Stream, event: Event) -> None:
-        self._outbox.append((stream, event))
 
     def _flush(self) -> None:
         if self._outbox:
@@ -189,15 +233,16 @@ class ModelWorker:
             if item[0] == "stream":
                 item[1].put(Failed(message) if message else End("abort", 0, 0))
 
-    def _take_inbox(self, block: bool) -> bool:
-        """Admit the new streams; False once told to stop."""
+    def _take_inbox(self, wait: Optional[float]) -> bool:
+        """Admit the new streams, waiting up to `wait` seconds for one (None: until one comes);
+        False once told to stop."""
         joined = []
         while True:
             try:
-                item = self._inbox.get(block=block and not joined)
+                item = self._inbox.get(block=wait != 0, timeout=wait)
             except queue.Empty:
                 break
-            block = False
+            wait = 0
             if item[0] == "stop":
                 self._admit(joined)
                 return False
@@ -238,16 +283,37 @@ class ModelWorker:
             prompt_tokens = len(generator.tokenizer.encode(spec.prompt)) if spec.prompt else 0
             self._rows.append(_Row(stream, generator, prompt_tokens, len(spec.prompt) if spec.echo else 0))
             if spec.echo and spec.prompt:
-                self._post(stream, Chunk(spec.prompt, echoes.get(i, [])))
-        fresh = torch.cat(lasts)  # (N, V)
-        self._last = fresh if self._last is None else torch.cat([self._last, fresh])
-        joined_state = [torch.cat(parts) for parts in zip(*states)]
-        self._state = joined_state if not self._state else [torch.cat(p) for p in zip(self._state, joined_state)]
-        if generator.guard is not None:
-            fresh_utf8 = generator.guard.initial(len(streams))
-            self._utf8 = fresh_utf8 if self._utf8 is None else torch.cat([self._utf8, fresh_utf8])
-        self._settings = None
+                self._outbox.append((stream, Chunk(spec.prompt, echoes.get(i, []))))
+        utf8 = generator.guard.initial(len(streams)) if generator.guard is not None else None
+        self._append(torch.cat(lasts), [torch.cat(parts) for parts in zip(*states)], utf8)
         self._drop([row for row in self._rows if row.spec.max_tokens == 0], "length")
+
+    def _append(self, last: torch.Tensor, state: list[torch.Tensor], utf8: Optional[torch.Tensor]) -> None:
+        """The tensors of the rows just appended to self._rows: logits (N, V), state, UTF-8 (N,)."""
+        self._last = last if self._last is None else torch.cat([self._last, last])
+        self._state = state if not self._state else [torch.cat(p) for p in zip(self._state, state)]
+        if utf8 is not None:
+            self._utf8 = utf8 if self._utf8 is None else torch.cat([self._utf8, utf8])
+        self._settings = None
+
+    def _balance(self) -> None:
+        """Park the rows whose client is not reading; bring back those it has caught up with."""
+        self._parked = [row for row in self._parked if not row.stream.cancelled]
+        back = [row for row in self._parked if row.stream.backlog() <= RESUME_BACKLOG]
+        if back:
+            self._parked = [row for row in self._parked if row not in back]
+            self._rows += back
+            lasts, states, utf8s = zip(*(row.parked for row in back))
+            utf8 = torch.cat(utf8s) if utf8s[0] is not None else None
+            self._append(torch.cat(lasts), [torch.cat(parts) for parts in zip(*states)], utf8)
+            for row in back:
+                row.parked = None
+        slow = [i for i, row in enumerate(self._rows) if row.stream.backlog() > PARK_BACKLOG]
+        for i in slow:
+            utf8 = self._utf8[i : i + 1] if self._utf8 is not None else None
+            self._rows[i].parked = (self._last[i : i + 1], [t[i : i + 1] for t in self._state], utf8)
+        self._parked += [self._rows[i] for i in slow]
+        self._drop([self._rows[i] for i in slow])
 
     def _drop(self, rows: list[_Row], reason: Optional[str] = None) -> None:
         """Take rows out of the batch; with a reason, tell their streams they ended."""
@@ -257,7 +323,8 @@ class ModelWorker:
         keep = [i for i, row in enumerate(self._rows) if id(row) not in gone]
         if reason is not None:
             for row in rows:
-                self._finish(row, reason)
+                for event in row.finish(reason):
+                    self._outbox.append((row.stream, event))
         self._rows = [self._rows[i] for i in keep]
         if not keep:
             self._last, self._state, self._utf8 = None, [], None
@@ -268,21 +335,6 @@ class ModelWorker:
             if self._utf8 is not None:
                 self._utf8 = self._utf8.index_select(0, index)
         self._settings = None
-
-    def _finish(self, row: _Row, reason: str) -> None:
-        if reason == "length":  # what the stop scanner held back is text after all
-            tail = row.scanner.flush()
-            if tail:
-                self._send(row, tail, final=True)
-        row.pending = []
-        self._post(row.stream, End(reason, row.prompt_tokens, row.count))
-
-    def _send(self, row: _Row, text: str, final: bool = False) -> None:
-        """Hand text to the client with the logprob entries of the tokens it covers."""
-        row.emitted += len(text)
-        covered = [t for t in row.pending if t.offset < row.emitted]
-        row.pending = [t for t in row.pending if t.offset >= row.emitted]
-        self._post(row.stream, Chunk(text, covered))
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -308,19 +360,18 @@ class ModelWorker:
         token_bytes = generator.token_bytes
         done: list[tuple[_Row, str]] = []
         for b, (row, token) in enumerate(zip(self._rows, tokens.tolist())):
-            row.count += 1
-            text = row.decoder.push(token)
+            logprob = None
             if row.spec.logprobs is not None:
-                top = alternatives(logp[b], row.spec.logprobs, token_bytes)
-                row.pending.append(TokenInfo(token_text(token_bytes[token]), chosen[b], top, row.decoded))
-            row.decoded += len(text)
-            safe, stopped = row.scanner.push(text)
-            if safe:
-                self._send(row, safe)
-            if stopped:
-                done.append((row, "stop"))
-            elif row.count >= row.spec.max_tokens:
-                done.append((row, "length"))
+                logprob = (
+                    token_text(token_bytes[token]),
+                    chosen[b],
+                    alternatives(logp[b], row.spec.logprobs, token_bytes),
+                )
+            chunk, reason = row.push(token, logprob)
+            if chunk is not None:
+                self._outbox.append((row.stream, chunk))
+            if reason is not None:
+                done.append((row, reason))
         if done:
             gone = {id(row) for row, _ in done}
             keep = [b for b, row in enumerate(self._rows) if id(row) not in gone]

@@ -26,14 +26,6 @@ CLASS_WEIGHTS = ("none", "auto")
 MAX_CLASSES = 100_000
 
 
-# What a --from-lm run uses when --freeze-epochs and --lm-lr-factor are left out: ULMFiT's
-# recipe (the new head first, then the transferred layers at a lower rate). From the same
-# 300 s language model on TREC (bench/classify.py's split), it reached 87.9% on the validation
-# split in 180 s, where every layer at the full rate from the start had reached 86.1% in 300 s.
-# Without --from-lm: 0 and 1.
-TRANSFER_DEFAULTS = {"freeze_epochs": 1.0, "lm_lr_factor": 0.3}
-
-
 @dataclass
 class ClassifierConfig(_Options):
     """Everything it takes to build a SequenceClassifier: embedding -> stacked recurrent
@@ -95,7 +87,7 @@ class ClassifyConfig(_Options):
     class_weights: str = "none"  # auto: weigh each class's loss by the inverse of its frequency
     from_lm: Optional[str] = None  # the language-model run the embedding and encoder start from
     lm_checkpoint: str = ""  # which of its checkpoints they came from (best or last), recorded
-    freeze_epochs: float = 0.0  # epochs in which only the new layers train (with --from-lm; see TRANSFER_DEFAULTS)
+    freeze_epochs: float = 0.0  # epochs in which only the new layers train (with --from-lm)
     lm_lr_factor: float = 1.0  # the transferred layers' learning rate, as a share of --lr
     eval_batch_size: int = 128
 

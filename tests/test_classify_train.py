@@ -416,25 +416,9 @@ def test_from_lm_transferred_layers_train_once_unfrozen(tmp_path, lm_run):
     run = tmp_path / "run"
     train_cli("--data", str(data), "--out", str(run), "--from-lm", str(lm_run), "--unidirectional",
               "--threads", "1", "--batch-size", "8", "--max-steps", "3", "--lm-lr-factor", "0.5",
-              "--freeze-epochs", "0", "--device", "cpu", "--precision", "fp32", "--warmup-steps", "1")  # fmt: skip
+              "--device", "cpu", "--precision", "fp32", "--warmup-steps", "1")  # fmt: skip
     lm, ours = lm_weights_used(lm_run, run), weights_of(run)
     assert not torch.equal(ours["rnn.weight_hh_l0"], lm["rnn.weight_hh_l0"])
-
-
-def test_from_lm_takes_the_transfer_recipe_unless_told_otherwise(tmp_path, lm_run):
-    data = write_tsv(tmp_path / "texts.tsv", examples(40, seed=6))
-    common = ["--data", str(data), "--threads", "1", "--batch-size", "8", "--max-steps", "1", "--device", "cpu"]
-
-    def transfer_options(*extra: str) -> tuple:
-        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
-        train_cli(*common, "--out", str(out), *extra)
-        classify = json.loads((out / "config.json").read_text())["classify"]
-        return classify["freeze_epochs"], classify["lm_lr_factor"]
-
-    assert transfer_options("--from-lm", str(lm_run)) == (1.0, 0.3)  # ULMFiT's: the head first, a lower rate
-    assert transfer_options("--from-lm", str(lm_run), "--freeze-epochs", "0") == (0.0, 0.3)
-    assert transfer_options("--from-lm", str(lm_run), "--lm-lr-factor", "1") == (1.0, 1.0)
-    assert transfer_options() == (0.0, 1.0)  # nothing to freeze without a language model
 
 
 def test_from_lm_refuses_contradicting_options_and_sources_that_are_no_language_model(tmp_path, lm_run):

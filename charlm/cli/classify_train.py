@@ -23,7 +23,6 @@ from charlm.classifier_config import (
     KEEP_SIDES,
     POOLINGS,
     SELECTION_METRICS,
-    TRANSFER_DEFAULTS,
     ClassifierConfig,
     ClassifyConfig,
 )
@@ -160,10 +159,8 @@ class ClassifyReporter(TrainReporter):
     metavar="RUN",
     help="Start the embedding and encoder from this charlm language-model run (its tokenizer and shape too).",
 )
-@click.option("--freeze-epochs", type=float, help="With --from-lm: epochs in which only the new layers train. "
-              f"Default: {TRANSFER_DEFAULTS['freeze_epochs']:g} with --from-lm, else 0.")  # fmt: skip
-@click.option("--lm-lr-factor", type=float, help="With --from-lm: the transferred layers' learning rate as a share "
-              f"of --lr. Default: {TRANSFER_DEFAULTS['lm_lr_factor']:g} with --from-lm, else 1.")  # fmt: skip
+@opt("--freeze-epochs", help="With --from-lm: epochs in which only the new layers train.")
+@opt("--lm-lr-factor", help="With --from-lm: the transferred layers' learning rate as a share of --lr.")
 @opt("--cell", type=click.Choice(CELLS + ("rnn",)), help="Recurrent cell (rnn = rnn-tanh).")
 @opt("--layers", help="Stacked recurrent layers (L).")
 @opt("--hidden", help="Hidden width of each direction (H).")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from charlm import __version__
-from charlm.classifier_config import TRANSFER_DEFAULTS, ClassifierConfig, ClassifyConfig
+from charlm.classifier_config import ClassifierConfig, ClassifyConfig
 from charlm.config import RunConfig, TrainConfig
 from charlm.errors import CharlmError
 from charlm.hardware import resolve_device, resolve_precision, set_threads
@@ -57,16 +57,6 @@ class PreparedData:
     val: EncodedTexts
     test: EncodedTexts
     notes: list[str] = field(default_factory=list)
-
-
-def with_transfer_defaults(classify_options: dict[str, Any]) -> dict[str, Any]:
-    """The options with --freeze-epochs and --lm-lr-factor filled in where they are missing or
-    None: TRANSFER_DEFAULTS with --from-lm, the plain defaults (0 and 1) without."""
-    resolved = dict(classify_options)
-    for name, with_lm in TRANSFER_DEFAULTS.items():
-        if resolved.get(name) is None:
-            resolved[name] = with_lm if resolved.get("from_lm") else getattr(ClassifyConfig, name)
-    return resolved
 
 
 class ClassifierRun:
@@ -118,7 +108,7 @@ class ClassifierRun:
                 train_options[name] = str(Path(value).expanduser().resolve())
         train = TrainConfig(**train_options)
         train.validate()
-        options = ClassifyConfig(**with_transfer_defaults(classify_options))
+        options = ClassifyConfig(**classify_options)
         if options.from_lm and Path(options.from_lm).expanduser().exists():
             options.from_lm = str(Path(options.from_lm).expanduser().resolve())
         options.validate()

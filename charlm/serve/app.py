@@ -97,6 +97,10 @@ class Service:
                 model.worker.join(timeout=10)
 
     # ----- request plumbing -----------------------------------------------------------
+    def refuse_when_stopping(self) -> None:
+        if self.stopping:
+            raise RequestError(503, "the server is shutting down", None, "shutting_down")
+
     def authorize(self, request: Request) -> None:
         key = self.settings.api_key
         if key is None:
@@ -149,8 +153,7 @@ class Service:
         return JSONResponse(await self._analysis(model, lambda: model.inspect(wanted)))
 
     async def _analysis(self, model: ServedModel, job) -> Any:
-        if self.stopping:
-            raise RequestError(503, "the server is shutting down", None, "shutting_down")
+        self.refuse_when_stopping()
         try:
             return await asyncio.get_running_loop().run_in_executor(model.analysis, job)
         except CharlmError as exc:  # the text itself is the problem (nothing to score, ...)
@@ -160,8 +163,7 @@ class Service:
         self.authorize(request)
         wanted = read_completion(await self.body(request), self.settings)
         model = find_model(self.models, wanted.model)
-        if self.stopping:
-            raise RequestError(503, "the server is shutting down", None, "shutting_down")
+        self.refuse_when_stopping()
         self.slots.take(wanted.streams)
         try:
             loop = asyncio.get_running_loop()

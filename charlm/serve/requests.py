@@ -29,7 +29,12 @@ class RequestError(Exception):
 
     @property
     def type(self) -> str:
-        return {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+        return {
+            401: "authentication_error",
+            404: "not_found_error",
+            429: "rate_limit_error",
+            503: "server_error",
+        }.get(  # fmt: skip
             self.status, "invalid_request_error"
         )
 

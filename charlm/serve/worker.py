@@ -376,8 +376,9 @@ class ModelWorker:
             gone = {id(row) for row, _ in done}
             keep = [b for b, row in enumerate(self._rows) if id(row) not in gone]
             tokens = tokens[torch.tensor(keep, dtype=torch.long, device=tokens.device)]
-            for reason in ("stop", "length"):
-                self._drop([row for row, why in done if why == reason], reason)
+            for row, why in done:
+                self._outbox.extend((row.stream, event) for event in row.finish(why))
+            self._drop([row for row, _ in done])  # one pass over the batch's tensors, whatever the reasons
         if not self._rows:
             return
         self._last, self._state = generator.stepper.step(tokens, self._state)
